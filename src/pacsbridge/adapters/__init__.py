@@ -1,0 +1,1 @@
+"""Doors: each translates one protocol into service calls and the results back."""

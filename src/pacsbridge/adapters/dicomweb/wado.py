@@ -1,0 +1,178 @@
+"""WADO-RS: retrieve instances, metadata, frames, bulk data, rendered images and thumbnails.
+
+See: PS3.18 §10.4 (Retrieve transaction), §8.6 (multipart payloads), §8.7 (negotiation).
+Bodies are streamed part by part; a study is never held in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from ...domain.errors import InvalidInput, NotFound
+from ...domain.model import Scope, StoredInstance
+from ...formats.multipart import MultipartWriter, multipart_related_type, new_boundary
+from ...formats.render import RenderOptions, parse_render_params
+from .context import DicomwebContext, principal_of
+from .negotiation import (
+    ANY_TS,
+    choose_frames,
+    choose_instances,
+    choose_json,
+    choose_rendered,
+    ranges,
+    web_syntax,
+)
+
+
+def scope_of(request: Request) -> Scope:
+    p = request.path_params
+    return Scope(p["study"], p.get("series"), p.get("instance"))
+
+
+def _accept(ctx: DicomwebContext, request: Request) -> list:  # type: ignore[type-arg]
+    return ranges(request.headers.get("accept"), request.query_params.get("accept"),
+                  ctx.config.strict_accept)
+
+
+async def retrieve_instances(ctx: DicomwebContext, request: Request) -> Response:
+    """Study, series or instance as Part 10 files (§10.4.1.1.1)."""
+    scope = scope_of(request)
+    accept = _accept(ctx, request)
+    found = await ctx.retrieve.instances(scope, principal_of(request))
+    choice = choose_instances(accept, {i.transfer_syntax for i in found}, ctx.retrieve.can_transcode,
+                              single_allowed=scope.sop_uid is not None)
+    if not choice.multipart:
+        stored = found[0]
+        ts = _target(stored, choice.transfer_syntax)
+        return StreamingResponse(ctx.retrieve.instance_bytes(stored, ts),
+                                 media_type=f"application/dicom; transfer-syntax={ts}")
+    boundary = new_boundary()
+    writer = MultipartWriter(boundary)
+
+    async def body() -> AsyncIterator[bytes]:
+        for stored in found:
+            ts = _target(stored, choice.transfer_syntax)
+            headers = {"Content-Length": str(stored.size)} if ts == stored.transfer_syntax else {}
+            yield writer.part_header(f"application/dicom; transfer-syntax={ts}", headers)
+            async for chunk in ctx.retrieve.instance_bytes(stored, ts):
+                yield chunk
+            yield writer.part_end()
+        yield writer.close()
+
+    media = multipart_related_type("application/dicom", boundary)
+    return StreamingResponse(body(), headers={"Content-Type": media})
+
+
+def _target(stored: StoredInstance, wanted: str | None) -> str:
+    if wanted in (None, ANY_TS):
+        return web_syntax(stored.transfer_syntax)
+    return wanted
+
+
+async def metadata(ctx: DicomwebContext, request: Request) -> Response:
+    """DICOM JSON metadata of every instance in the scope (§10.4.1.1.2, Annex F)."""
+    choose_json(_accept(ctx, request))
+    texts = await ctx.retrieve.metadata(scope_of(request), principal_of(request), ctx.base_url(request))
+    body = "[" + ",".join(texts) + "]"
+    return Response(body.encode("utf-8"), media_type="application/dicom+json")
+
+
+def parse_frame_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise InvalidInput("frame numbers must be a comma-separated list of positive integers") from exc
+    if not numbers or any(n < 1 for n in numbers):
+        raise InvalidInput("frame numbers start at 1")
+    return numbers
+
+
+async def frames(ctx: DicomwebContext, request: Request) -> Response:
+    """One or more frames, one frame per part (§10.4.1.1.3, §8.7.3.3)."""
+    numbers = parse_frame_numbers(request.path_params["frames"])
+    stored = await ctx.retrieve.instance(scope_of(request), principal_of(request))
+    if stored.number_of_frames == 0:
+        raise NotFound("this instance has no pixel data")
+    choice = choose_frames(_accept(ctx, request), stored.transfer_syntax, ctx.retrieve.can_transcode)
+    ts = choice.transfer_syntax or stored.transfer_syntax
+    data = await ctx.retrieve.frames(stored, numbers, ts)
+    boundary = new_boundary()
+    writer = MultipartWriter(boundary)
+    base = str(request.url).split("?")[0].rsplit("/frames/", 1)[0]
+    chunks: list[bytes] = []
+    for number, frame in zip(numbers, data, strict=True):
+        chunks.append(writer.part_header(
+            f"{choice.media_type}; transfer-syntax={ts}",
+            {"Content-Location": f"{base}/frames/{number}", "Content-Length": str(len(frame))},
+        ))
+        chunks.append(frame)
+        chunks.append(writer.part_end())
+    chunks.append(writer.close())
+    media = multipart_related_type(choice.media_type, boundary)
+    return Response(b"".join(chunks), headers={"Content-Type": media})
+
+
+async def bulkdata(ctx: DicomwebContext, request: Request) -> Response:
+    """A value issued as a BulkDataURI in the metadata (§10.4.1.1.5)."""
+    path = request.path_params["path"]
+    stored = await ctx.retrieve.instance(scope_of(request), principal_of(request))
+    if path.strip("/").upper() in ("7FE00010", "7FE00008", "7FE00009"):
+        if stored.number_of_frames == 0:
+            raise NotFound("this instance has no pixel data")
+        choice = choose_frames(_accept(ctx, request), stored.transfer_syntax, ctx.retrieve.can_transcode)
+        ts = choice.transfer_syntax or stored.transfer_syntax
+        data = await ctx.retrieve.frames(stored, range(1, stored.number_of_frames + 1), ts)
+        media_type = choice.media_type
+    else:
+        data = [await ctx.retrieve.bulkdata(stored, path)]
+        media_type, ts = "application/octet-stream", None
+    boundary = new_boundary()
+    writer = MultipartWriter(boundary)
+    location = str(request.url).split("?")[0]
+    content_type = media_type + (f"; transfer-syntax={ts}" if ts else "")
+    chunks: list[bytes] = []
+    for value in data:
+        chunks += [writer.part_header(content_type, {"Content-Location": location,
+                                                     "Content-Length": str(len(value))}),
+                   value, writer.part_end()]
+    chunks.append(writer.close())
+    return Response(b"".join(chunks), headers={"Content-Type": multipart_related_type(media_type, boundary)})
+
+
+async def rendered(ctx: DicomwebContext, request: Request) -> Response:
+    """An instance or frame rendered as a consumer image (§10.4.1.1.4, §8.3.5.1)."""
+    media_type = choose_rendered(_accept(ctx, request))
+    params = dict(request.query_params)
+    params.setdefault("media_type", media_type)
+    options = parse_render_params(params)
+    if "frame" in request.path_params:
+        numbers = parse_frame_numbers(request.path_params["frame"])
+        options = RenderOptions(**{**options.__dict__, "frame": numbers[0]})
+    stored = await _representative(ctx, request)
+    image = await ctx.retrieve.render(stored, options)
+    return Response(image, media_type=options.media_type)
+
+
+async def thumbnail(ctx: DicomwebContext, request: Request) -> Response:
+    """A small rendering of the study, series, instance or frame; never with burned-in PHI."""
+    media_type = choose_rendered(_accept(ctx, request))
+    params = {"media_type": media_type, "viewport": request.query_params.get("viewport", "128,128")}
+    options = parse_render_params(params)
+    if "frame" in request.path_params:
+        numbers = parse_frame_numbers(request.path_params["frame"])
+        options = RenderOptions(**{**options.__dict__, "frame": numbers[0]})
+    stored = await _representative(ctx, request)
+    return Response(await ctx.retrieve.render(stored, options), media_type=options.media_type)
+
+
+async def _representative(ctx: DicomwebContext, request: Request) -> StoredInstance:
+    """The instance itself, or for a study/series the middle image of its first series with pixels."""
+    found = await ctx.retrieve.instances(scope_of(request), principal_of(request))
+    with_pixels = [i for i in found if i.number_of_frames > 0]
+    if not with_pixels:
+        raise NotFound("nothing to render here")
+    first_series = [i for i in with_pixels if i.ref.series_uid == with_pixels[0].ref.series_uid]
+    return first_series[len(first_series) // 2]

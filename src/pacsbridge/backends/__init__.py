@@ -1,0 +1,1 @@
+"""Implementations of the service ports: where images and records actually live."""

@@ -1,0 +1,91 @@
+"""Instance files on disk, written so that a crash never leaves a half-written file in place.
+
+Rules:
+1. Incoming bytes go to a spool file in ``<root>/spool`` (same file system as the store).
+2. A stored file gets a fresh name (``<sop>.<token>.dcm``) and arrives by rename after fsync; the
+   index is then pointed at it, and only then is a replaced file removed. A crash at any point leaves
+   either the old or the new version indexed, never a partial one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import BinaryIO
+
+
+class BlobStore:
+    """Files under one root folder."""
+
+    def __init__(self, root: Path, fsync: bool = True) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.spool_dir = root / "spool"
+        self.files_dir = root / "files"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+
+    def new_spool_file(self) -> tuple[Path, BinaryIO]:
+        """A fresh spool file, open for writing; the caller closes it (and removes it on failure)."""
+        path = self.spool_dir / f"in-{secrets.token_hex(8)}.part"
+        return path, open(path, "xb")  # noqa: SIM115 - ownership passes to the caller
+
+    def place(self, spooled: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Move a spool file to its final, unique place (fsync'd), returning the new path."""
+        shard = hashlib.sha1(study_uid.encode()).hexdigest()[:2]
+        folder = self.files_dir / shard / study_uid / series_uid
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{sop_uid}.{secrets.token_hex(4)}.dcm"
+        if self.fsync:
+            fd = os.open(spooled, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.rename(spooled, target)
+        if self.fsync:
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return target
+
+    def remove(self, path: Path | str) -> None:
+        """Remove a file if it exists, and its folders once empty."""
+        path = Path(path)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        for folder in (path.parent, path.parent.parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def relative(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
+    def absolute(self, stored: str) -> Path:
+        return self.root / stored
+
+    def clean_spool(self, older_than_s: float = 3600.0) -> int:
+        """Remove spool files a crash left behind; the number removed.
+
+        Only old files go: another instance sharing this folder may be writing the young ones.
+        """
+        import time
+
+        removed = 0
+        horizon = time.time() - older_than_s
+        for leftover in self.spool_dir.glob("in-*.part"):
+            try:
+                if leftover.stat().st_mtime < horizon:
+                    leftover.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

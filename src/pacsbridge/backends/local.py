@@ -1,0 +1,232 @@
+"""The embedded archive: instance files on disk plus an SQL index (SQLite or PostgreSQL).
+
+SQLAlchemy is synchronous; every call runs in a worker thread (DESIGN rule 6). SQLite gets WAL mode
+and one writer at a time; PostgreSQL relies on row locks (``INSERT ... ON CONFLICT``) so several
+pacsbridge instances may share one index.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from ..domain.errors import NotFound
+from ..domain.model import InstanceRecord, InstanceRef, Level, Scope, StoredInstance
+from ..domain.query import Query
+from ..services.ports import SearchPage
+from .blobs import BlobStore
+from .sql import schema
+from .sql import search as sql_search
+from .sql.migrations import migrate
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the per-dialect settings the index relies on."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            # DICOM single-value matching is case-sensitive (PS3.4 C.2.2.2.1); PN uses folded columns.
+            cursor.execute("PRAGMA case_sensitive_like=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+class LocalArchive:
+    """Archive port over a ``BlobStore`` and an SQL index."""
+
+    def __init__(self, engine: Engine, blobs: BlobStore) -> None:
+        self.engine = engine
+        self.blobs = blobs
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._write_lock = threading.Lock() if self._sqlite else None
+        self._insert = sqlite.insert if self._sqlite else postgresql.insert
+
+    @classmethod
+    def open(cls, url: str, root: Path, fsync: bool = True) -> LocalArchive:
+        root.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(url)
+        migrate(engine)
+        blobs = BlobStore(root, fsync=fsync)
+        blobs.clean_spool()
+        return cls(engine, blobs)
+
+    # --- store --------------------------------------------------------------------------------
+
+    async def store(self, staged: Path, record: InstanceRecord) -> bool:
+        return await anyio.to_thread.run_sync(self._store_sync, staged, record)
+
+    def _store_sync(self, staged: Path, record: InstanceRecord) -> bool:
+        ref = record.ref
+        size = staged.stat().st_size
+        placed = self.blobs.place(staged, ref.study_uid, ref.series_uid, ref.sop_uid)
+        try:
+            if self._write_lock is not None:
+                with self._write_lock:
+                    old_path = self._index(record, placed, size)
+            else:
+                old_path = self._index(record, placed, size)
+        except BaseException:
+            self.blobs.remove(placed)
+            raise
+        if old_path is not None and old_path != self.blobs.relative(placed):
+            self.blobs.remove(self.blobs.absolute(old_path))
+        return old_path is not None
+
+    def _upsert(self, conn: Connection, table: Any, key: str, values: dict[str, Any]) -> None:
+        statement = self._insert(table).values(**values)
+        update = {k: statement.excluded[k] for k in values if k != key}
+        conn.execute(statement.on_conflict_do_update(index_elements=[key], set_=update))
+
+    def _index(self, record: InstanceRecord, placed: Path, size: int) -> str | None:
+        ref = record.ref
+        now = datetime.now(UTC).isoformat()
+        columns = sql_search.index_values(record.study, record.series, record.instance)
+        with self.engine.begin() as conn:
+            old = conn.execute(
+                select(schema.instances.c.path, schema.instances.c.series_uid)
+                .where(schema.instances.c.sop_uid == ref.sop_uid)
+            ).first()
+            self._upsert(conn, schema.studies, "study_uid", {
+                **columns[Level.STUDY], "study_uid": ref.study_uid,
+                "attributes": _dump(record.study), "updated_at": now,
+            })
+            self._upsert(conn, schema.series, "series_uid", {
+                **columns[Level.SERIES], "series_uid": ref.series_uid, "study_uid": ref.study_uid,
+                "attributes": _dump(record.series),
+            })
+            self._upsert(conn, schema.instances, "sop_uid", {
+                **columns[Level.INSTANCE], "sop_uid": ref.sop_uid, "series_uid": ref.series_uid,
+                "study_uid": ref.study_uid, "sop_class_uid": record.sop_class_uid,
+                "transfer_syntax": record.transfer_syntax, "number_of_frames": record.number_of_frames,
+                "path": self.blobs.relative(placed), "size": size, "attributes": _dump(record.instance),
+                "metadata": record.metadata, "stored_at": now,
+            })
+            if old is not None and old.series_uid != ref.series_uid:
+                _drop_empty_parents(conn, old.series_uid)
+        return None if old is None else str(old.path)
+
+    # --- search and retrieve --------------------------------------------------------------------
+
+    async def search(self, query: Query) -> SearchPage:
+        def run() -> SearchPage:
+            with self.engine.connect() as conn:
+                results, remaining = sql_search.run(conn, query)
+            return SearchPage(results, remaining)
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def locate(self, scope: Scope) -> list[StoredInstance]:
+        return await anyio.to_thread.run_sync(self._locate_sync, scope)
+
+    def _scope_where(self, scope: Scope) -> list[Any]:
+        inst = schema.instances
+        where = [inst.c.study_uid == scope.study_uid]
+        if scope.series_uid is not None:
+            where.append(inst.c.series_uid == scope.series_uid)
+        if scope.sop_uid is not None:
+            where.append(inst.c.sop_uid == scope.sop_uid)
+        return where
+
+    def _locate_sync(self, scope: Scope) -> list[StoredInstance]:
+        inst, st = schema.instances, schema.studies
+        statement = (
+            select(inst.c.study_uid, inst.c.series_uid, inst.c.sop_uid, inst.c.sop_class_uid,
+                   inst.c.transfer_syntax, inst.c.path, inst.c.size, inst.c.number_of_frames, st.c.patient_id)
+            .join(st, st.c.study_uid == inst.c.study_uid)
+            .where(*self._scope_where(scope))
+            .order_by(inst.c.series_uid, func.coalesce(inst.c.instance_number, 0), inst.c.sop_uid)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(statement).all()
+        if not rows:
+            raise NotFound(f"no {scope.level.name.lower()} {_scope_uid(scope)} here")
+        return [
+            StoredInstance(
+                ref=InstanceRef(r.study_uid, r.series_uid, r.sop_uid), sop_class_uid=r.sop_class_uid,
+                transfer_syntax=r.transfer_syntax, path=str(self.blobs.absolute(r.path)), size=r.size,
+                number_of_frames=r.number_of_frames, patient_id=r.patient_id,
+            )
+            for r in rows
+        ]
+
+    async def metadata(self, scope: Scope) -> list[str]:
+        def run() -> list[str]:
+            inst = schema.instances
+            statement = (select(inst.c.metadata).where(*self._scope_where(scope))
+                         .order_by(inst.c.series_uid, func.coalesce(inst.c.instance_number, 0), inst.c.sop_uid))
+            with self.engine.connect() as conn:
+                rows = conn.execute(statement).scalars().all()
+            if not rows:
+                raise NotFound(f"no {scope.level.name.lower()} {_scope_uid(scope)} here")
+            return list(rows)
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def patient_of(self, study_uid: str) -> str | None:
+        def run() -> str | None:
+            with self.engine.connect() as conn:
+                row = conn.execute(select(schema.studies.c.patient_id)
+                                   .where(schema.studies.c.study_uid == study_uid)).first()
+            if row is None:
+                raise NotFound(f"no study {study_uid} here")
+            return None if row[0] is None else str(row[0])
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def delete(self, scope: Scope) -> int:
+        def run() -> int:
+            inst = schema.instances
+            lock = self._write_lock or threading.Lock()
+            with lock, self.engine.begin() as conn:
+                rows = conn.execute(select(inst.c.sop_uid, inst.c.series_uid, inst.c.path)
+                                    .where(*self._scope_where(scope))).all()
+                if not rows:
+                    return 0
+                conn.execute(delete(inst).where(inst.c.sop_uid.in_([r.sop_uid for r in rows])))
+                for series_uid in {r.series_uid for r in rows}:
+                    _drop_empty_parents(conn, series_uid)
+            for row in rows:
+                self.blobs.remove(self.blobs.absolute(row.path))
+            return len(rows)
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self.engine.dispose)
+
+
+def _drop_empty_parents(conn: Connection, series_uid: str) -> None:
+    inst, se, st = schema.instances, schema.series, schema.studies
+    left = conn.execute(select(func.count()).where(inst.c.series_uid == series_uid)).scalar_one()
+    if left:
+        return
+    study_uid = conn.execute(select(se.c.study_uid).where(se.c.series_uid == series_uid)).scalar()
+    conn.execute(delete(se).where(se.c.series_uid == series_uid))
+    if study_uid is not None:
+        remaining = conn.execute(select(func.count()).where(se.c.study_uid == study_uid)).scalar_one()
+        if not remaining:
+            conn.execute(delete(st).where(st.c.study_uid == study_uid))
+
+
+def _dump(attributes: dict[str, Any]) -> str:
+    return json.dumps(attributes, ensure_ascii=False, separators=(",", ":"))
+
+
+def _scope_uid(scope: Scope) -> str:
+    return scope.sop_uid or scope.series_uid or scope.study_uid

@@ -1,0 +1,76 @@
+"""Tables of the index. Columns hold what QIDO matches on; JSON text holds what it returns.
+
+Matching columns are stored in comparable form (``domain.query.normalize_for``): dates as YYYYMMDD,
+times padded to HHMMSS.FFFFFF, person names folded to upper case without accents, plus a token column
+(``^A^B^``) for fuzzy name matching. The attributes of each level are kept as DICOM JSON text.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, nullable=False),
+)
+
+studies = Table(
+    "studies", metadata,
+    Column("study_uid", String(64), primary_key=True),
+    Column("patient_id", String(64)),
+    Column("issuer_of_patient_id", String(64)),
+    Column("patient_name", String(400)),
+    Column("patient_name_tokens", String(420)),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("study_date", String(8)),
+    Column("study_time", String(13)),
+    Column("accession_number", String(16)),
+    Column("referring_physician_name", String(400)),
+    Column("referring_physician_name_tokens", String(420)),
+    Column("study_id", String(16)),
+    Column("study_description", String(64)),
+    Column("attributes", Text, nullable=False),
+    Column("updated_at", String(32), nullable=False),
+)
+Index("ix_studies_patient_id", studies.c.patient_id)
+Index("ix_studies_patient_name", studies.c.patient_name)
+Index("ix_studies_study_date", studies.c.study_date)
+Index("ix_studies_accession", studies.c.accession_number)
+
+series = Table(
+    "series", metadata,
+    Column("series_uid", String(64), primary_key=True),
+    Column("study_uid", String(64), ForeignKey("studies.study_uid", ondelete="CASCADE"), nullable=False),
+    Column("modality", String(16)),
+    Column("series_number", Integer),
+    Column("series_description", String(64)),
+    Column("series_date", String(8)),
+    Column("body_part_examined", String(16)),
+    Column("pps_start_date", String(8)),
+    Column("pps_start_time", String(13)),
+    Column("attributes", Text, nullable=False),
+)
+Index("ix_series_study", series.c.study_uid)
+Index("ix_series_modality", series.c.modality)
+
+instances = Table(
+    "instances", metadata,
+    Column("sop_uid", String(64), primary_key=True),
+    Column("series_uid", String(64), ForeignKey("series.series_uid", ondelete="CASCADE"), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("instance_number", Integer),
+    Column("transfer_syntax", String(64), nullable=False),
+    Column("number_of_frames", Integer, nullable=False),
+    Column("path", String(1024), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("attributes", Text, nullable=False),
+    Column("metadata", Text, nullable=False),
+    Column("stored_at", String(32), nullable=False),
+)
+Index("ix_instances_series", instances.c.series_uid, instances.c.instance_number)
+Index("ix_instances_study", instances.c.study_uid)
+Index("ix_instances_sop_class", instances.c.sop_class_uid)

@@ -1,0 +1,47 @@
+"""What went wrong, in the core's words; each door maps these to its own protocol once.
+
+See: DESIGN.md rule 4. Messages must never contain PHI: they may name attributes and UIDs, not values
+of patient attributes.
+"""
+
+from __future__ import annotations
+
+
+class PacsbridgeError(Exception):
+    """Base of every error the core raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(PacsbridgeError):
+    """The caller sent something malformed (a bad query value, a corrupt instance)."""
+
+
+class NotFound(PacsbridgeError):
+    """The named study, series, instance, frame or attribute does not exist (here)."""
+
+
+class Conflict(PacsbridgeError):
+    """Well-formed, but at odds with what is stored or with the request's own context."""
+
+
+class Forbidden(PacsbridgeError):
+    """The principal may not see or change this."""
+
+
+class Unsupported(PacsbridgeError):
+    """Understood but not offered: a SOP class, transfer syntax or media type we cannot produce."""
+
+
+class TooLarge(PacsbridgeError):
+    """The request asks for more than the server is configured to give in one answer."""
+
+
+class UpstreamUnavailable(PacsbridgeError):
+    """A remote archive did not answer in time or refused; retry later."""
+
+
+class MappingError(PacsbridgeError):
+    """A declarative mapping file is invalid; the message names file, line and field."""

@@ -1,0 +1,1 @@
+"""Use cases: what pacsbridge does, whichever door asked. Reaches the world only through ports."""

@@ -1,0 +1,69 @@
+"""The interfaces the use cases need from the world, and the errors each may raise.
+
+Every implementation (local SQL + files, upstream DICOMweb, upstream DIMSE) passes the same contract
+suite in ``tests/contract``. Implementations translate their own exceptions into ``domain.errors``
+at this seam: ``NotFound`` for an unknown UID, ``UpstreamUnavailable`` for a remote that failed,
+``InvalidInput`` for a query the archive cannot run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from ..domain.model import DicomJson, InstanceRecord, Scope, StoredInstance
+from ..domain.query import Query
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """Results of one page; ``remaining`` counts matches beyond this page (for the 299 warning)."""
+
+    results: list[DicomJson] = field(default_factory=list)
+    remaining: int = 0
+
+
+class Spool(Protocol):
+    """Where incoming instance bytes are written before they are stored (same file system)."""
+
+    def new_spool_file(self) -> tuple[Path, BinaryIO]:
+        """A fresh file open for binary writing; the caller closes it and removes it on failure."""
+        ...
+
+
+class Archive(Protocol):
+    """Where images live."""
+
+    async def store(self, staged: Path, record: InstanceRecord) -> bool:
+        """Take ownership of a staged Part 10 file and index it; True if it replaced an instance.
+
+        The file is moved into place atomically; on any error nothing of it remains indexed, and the
+        staged file is left for the caller to remove.
+        """
+        ...
+
+    async def search(self, query: Query) -> SearchPage:
+        """Run a query; results carry the level's required return attributes (without RetrieveURL)."""
+        ...
+
+    async def locate(self, scope: Scope) -> list[StoredInstance]:
+        """The instances in a scope, ordered by series then instance number; NotFound if none.
+
+        ``StoredInstance.path`` is a local file (an upstream archive fetches into its cache first).
+        """
+        ...
+
+    async def metadata(self, scope: Scope) -> list[str]:
+        """The stored WADO-RS metadata JSON text of each instance in a scope; NotFound if none."""
+        ...
+
+    async def patient_of(self, study_uid: str) -> str | None:
+        """The PatientID of a study (for patient context checks); NotFound if the study is unknown."""
+        ...
+
+    async def delete(self, scope: Scope) -> int:
+        """Remove a scope's instances and files; the number removed."""
+        ...
+
+    async def close(self) -> None: ...

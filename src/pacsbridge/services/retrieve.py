@@ -1,0 +1,153 @@
+"""Retrieve instances, metadata, frames, bulk data and rendered images, whichever door asked.
+
+See: PS3.18 §10.4 (WADO-RS), Ch. 9 (WADO-URI). Patient context is checked here: a principal bound to
+patients gets NotFound (not Forbidden) for anything else, so existence does not leak.
+StoredInstance paths are local files (upstream archives fetch into a local cache before answering).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import anyio.to_thread
+import pydicom
+
+from ..domain.access import Principal
+from ..domain.errors import NotFound, Unsupported
+from ..domain.model import BULK_BASE, Scope, StoredInstance
+from ..formats import frames as frame_codec
+from ..formats import render as renderer
+from ..formats import transcode as transcoder
+from .ports import Archive
+
+CHUNK = 1 << 20
+
+
+class RetrieveService:
+    """WADO-RS, WADO-URI, C-GET/C-MOVE (later) all read through here."""
+
+    def __init__(self, archive: Archive, scratch_dir: Path | None = None) -> None:
+        self.archive = archive
+        self.scratch_dir = scratch_dir
+
+    async def _check_study(self, study_uid: str, principal: Principal) -> None:
+        if principal.patient_ids is None:
+            return
+        patient = await self.archive.patient_of(study_uid)
+        if not principal.sees_patient(patient):
+            raise NotFound(f"no study {study_uid} here")
+
+    async def instances(self, scope: Scope, principal: Principal) -> list[StoredInstance]:
+        found = await self.archive.locate(scope)
+        if principal.patient_ids is not None:
+            found = [i for i in found if principal.sees_patient(i.patient_id)]
+            if not found:
+                raise NotFound(f"no {scope.level.name.lower()} here")
+        return found
+
+    async def instance(self, scope: Scope, principal: Principal) -> StoredInstance:
+        if scope.sop_uid is None:
+            raise NotFound("an instance UID is needed")
+        return (await self.instances(scope, principal))[0]
+
+    async def metadata(self, scope: Scope, principal: Principal, base_url: str) -> list[str]:
+        """The metadata JSON text of each instance, with BulkDataURIs under ``base_url``."""
+        await self._check_study(scope.study_uid, principal)
+        texts = await self.archive.metadata(scope)
+        return [t.replace(BULK_BASE, base_url) for t in texts]
+
+    # --- instance bodies ------------------------------------------------------------------------
+
+    @staticmethod
+    def can_transcode(stored: str, wanted: str) -> bool:
+        return stored == wanted or transcoder.can_transcode(stored, wanted)
+
+    async def instance_bytes(self, stored: StoredInstance, wanted_ts: str) -> AsyncIterator[bytes]:
+        """The Part 10 file in ``wanted_ts``, in chunks; transcoded through a scratch file if needed."""
+        if not transcoder.needs_transcode(stored.transfer_syntax, wanted_ts):
+            async for chunk in _read_file(stored.path):
+                yield chunk
+            return
+        if not transcoder.can_transcode(stored.transfer_syntax, wanted_ts):
+            raise Unsupported(f"cannot convert {stored.transfer_syntax} to {wanted_ts}")
+        fd, scratch = tempfile.mkstemp(suffix=".dcm", dir=self.scratch_dir)
+        os.close(fd)
+        try:
+            await anyio.to_thread.run_sync(_transcode_file, stored.path, scratch, wanted_ts)
+            async for chunk in _read_file(scratch):
+                yield chunk
+        finally:
+            os.unlink(scratch)
+
+    # --- frames, bulk data, rendered ------------------------------------------------------------
+
+    async def frames(self, stored: StoredInstance, numbers: Sequence[int], wanted_ts: str) -> list[bytes]:
+        """Frames (1-based) in ``wanted_ts``; NotFound for a frame number out of range."""
+        def run() -> list[bytes]:
+            with open(stored.path, "rb") as fp:
+                info = frame_codec.pixel_info(fp)
+                raw = list(frame_codec.read_frames(fp, numbers, info))
+            return [frame_codec.frame_as(frame, info, wanted_ts) for frame in raw]
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def pixel_transfer_syntax(self, stored: StoredInstance) -> str:
+        return stored.transfer_syntax
+
+    async def bulkdata(self, stored: StoredInstance, path: str) -> bytes:
+        """One bulk value by its path (``TAG[/ITEM/TAG]...``) as issued in the metadata."""
+        return await anyio.to_thread.run_sync(_bulk_value, stored.path, path)
+
+    async def render(self, stored: StoredInstance, options: renderer.RenderOptions) -> bytes:
+        def run() -> bytes:
+            with open(stored.path, "rb") as fp:
+                return renderer.render(fp, options)
+
+        return await anyio.to_thread.run_sync(run)
+
+
+async def _read_file(path: str | os.PathLike[str]) -> AsyncIterator[bytes]:
+    fp = await anyio.to_thread.run_sync(open, path, "rb")
+    try:
+        while True:
+            chunk = await anyio.to_thread.run_sync(fp.read, CHUNK)
+            if not chunk:
+                break
+            yield chunk
+    finally:
+        fp.close()
+
+
+def _transcode_file(src: str, dst: str, wanted_ts: str) -> None:
+    with open(src, "rb") as source, open(dst, "wb") as target:
+        transcoder.transcode(source, target, wanted_ts)
+
+
+def _bulk_value(file_path: str, path: str) -> bytes:
+    parts = path.strip("/").split("/")
+    try:
+        tags = [int(p, 16) for p in parts[0::2]]
+        items = [int(p) for p in parts[1::2]]
+    except ValueError as exc:
+        raise NotFound("no such bulk data") from exc
+    pixel = tags[0] in (0x7FE00010, 0x7FE00008, 0x7FE00009) and len(tags) == 1
+    ds = pydicom.dcmread(file_path, stop_before_pixels=not pixel)
+    node = ds
+    for depth, tag in enumerate(tags):
+        if tag not in node:
+            raise NotFound("no such bulk data")
+        element = node[tag]
+        if depth < len(items):
+            try:
+                node = element.value[items[depth]]
+            except (IndexError, TypeError) as exc:
+                raise NotFound("no such bulk data") from exc
+        else:
+            value = element.value
+            if isinstance(value, bytes | bytearray):
+                return bytes(value)
+            raise NotFound("that attribute is not bulk data")
+    raise NotFound("no such bulk data")

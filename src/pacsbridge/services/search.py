@@ -1,0 +1,65 @@
+"""Search the archive, whichever door asked (QIDO-RS now; C-FIND and FHIR searches later).
+
+See: PS3.18 §10.6.3 (which attributes a match returns). Patient context is applied here and only
+here: a principal bound to patients gets a PatientID key added to every search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..domain.access import Principal
+from ..domain.levels import CONDITIONAL_RETURN, REQUIRED_RETURN, REQUIRED_VR, level_of
+from ..domain.model import DicomJson, Level
+from ..domain.query import Match, MatchKind, Query
+from .ports import Archive, SearchPage
+
+PATIENT_ID = "00100020"
+
+
+def with_patient_context(query: Query, principal: Principal) -> Query:
+    """The query narrowed to the principal's patients (an empty set sees nothing)."""
+    if principal.patient_ids is None:
+        return query
+    allowed = tuple(sorted(principal.patient_ids))
+    context = Match(PATIENT_ID, "LO", MatchKind.UID_LIST, values=allowed)
+    return replace(query, matches=(*query.matches, context))
+
+
+def return_tags(query: Query, result: DicomJson) -> list[str]:
+    """The attributes one result carries: required, matched, included (PS3.18 §10.6.3)."""
+    levels = [query.level]
+    if query.extra.get("with_parents"):
+        levels = [lvl for lvl in Level if lvl <= query.level]
+    tags: set[str] = set()
+    for lvl in levels:
+        tags.update(REQUIRED_RETURN[lvl])
+    tags.update(m.tag for m in query.matches)
+    if query.include_all:
+        tags.update(tag for tag in result if level_of(tag) <= query.level or tag in REQUIRED_VR)
+    else:
+        # includefield naming a lower level than the query is not returned (§10.6.3.3).
+        tags.update(tag for tag in query.includefields if level_of(tag) <= query.level
+                    or tag in ("00080061", "00080062", "00201206", "00201208", "00201209"))
+    return sorted(tags)
+
+
+def project(query: Query, result: DicomJson) -> DicomJson:
+    out: DicomJson = {}
+    for tag in return_tags(query, result):
+        if tag in result:
+            out[tag] = result[tag]
+        elif tag in REQUIRED_VR and tag not in CONDITIONAL_RETURN:
+            out[tag] = {"vr": REQUIRED_VR[tag]}
+    return out
+
+
+class SearchService:
+    """QIDO-RS, C-FIND and FHIR searches all end here."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    async def search(self, query: Query, principal: Principal) -> SearchPage:
+        page = await self.archive.search(with_patient_context(query, principal))
+        return SearchPage([project(query, r) for r in page.results], page.remaining)

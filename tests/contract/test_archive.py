@@ -1,0 +1,210 @@
+"""The Archive port's contract, run over every implementation (local-sqlite, local-postgres)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+
+from pacsbridge.backends.local import LocalArchive
+from pacsbridge.domain.errors import InvalidInput, NotFound
+from pacsbridge.domain.model import Level, Scope
+from pacsbridge.domain.query import Match, MatchKind, Query
+
+from ..support.dicom import instance, record_of, write
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("postgres").new_database())
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def archive(db_url: str, tmp_path: Path) -> AsyncIterator[LocalArchive]:
+    archive = LocalArchive.open(db_url, tmp_path / "data", fsync=False)
+    yield archive
+    await archive.close()
+
+
+async def put(archive: LocalArchive, tmp_path: Path, **kwargs: object) -> tuple[str, str, str]:
+    ds = instance(**kwargs)  # type: ignore[arg-type]
+    path = write(ds, tmp_path / "in")
+    await archive.store(path, record_of(path))
+    return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+
+
+def single(tag: str, vr: str, value: str) -> Match:
+    kind = MatchKind.WILDCARD if ("*" in value or "?" in value) else MatchKind.SINGLE
+    return Match(tag, vr, kind, value=value)
+
+
+def uids(results: list[dict], tag: str = "0020000D") -> set[str]:
+    return {r[tag]["Value"][0] for r in results}
+
+
+async def test_store_locate_and_metadata(archive: LocalArchive, tmp_path: Path) -> None:
+    study, series, sop = await put(archive, tmp_path)
+    found = await archive.locate(Scope(study))
+    assert [f.ref.sop_uid for f in found] == [sop]
+    assert Path(found[0].path).read_bytes()[128:132] == b"DICM"
+    assert found[0].patient_id == "PID-1"
+    texts = await archive.metadata(Scope(study, series, sop))
+    assert '"00080018":{"vr":"UI","Value":["' + sop + '"]}' in texts[0]
+    assert "7FE00010" in texts[0] and "BulkDataURI" in texts[0]
+
+
+async def test_storing_again_replaces_and_removes_the_old_file(archive: LocalArchive, tmp_path: Path) -> None:
+    study, series, sop = await put(archive, tmp_path)
+    first = (await archive.locate(Scope(study)))[0].path
+    ds = instance(study, series, SOPInstanceUID=sop, PatientName="Doe^Janet")
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    path = write(ds, tmp_path / "again")
+    assert await archive.store(path, record_of(path)) is True
+    found = await archive.locate(Scope(study))
+    assert len(found) == 1 and found[0].path != first
+    assert not Path(first).exists()
+    page = await archive.search(Query(Level.STUDY, (single("00100010", "PN", "Doe^Janet"),)))
+    assert uids(page.results) == {study}
+
+
+async def test_unknown_scope_is_not_found(archive: LocalArchive) -> None:
+    with pytest.raises(NotFound):
+        await archive.locate(Scope(generate_uid()))
+    with pytest.raises(NotFound):
+        await archive.metadata(Scope(generate_uid()))
+
+
+@pytest.mark.parametrize(("tag", "vr", "value", "hit"), [
+    ("00100020", "LO", "PID-7", True),
+    ("00100020", "LO", "pid-7", False),          # single value matching is case-sensitive
+    ("00100020", "LO", "PID-*", True),
+    ("00100010", "PN", "müller^jürgen", True),   # PN: case-insensitive
+    ("00100010", "PN", "MULLER^JURGEN", True),   # ... and accent-insensitive
+    ("00100010", "PN", "Mül*", True),
+    ("00100010", "PN", "Meier*", False),
+    ("00080050", "SH", "ACC-77", True),
+    ("00080090", "PN", "referrer^rita", True),
+    ("00200010", "SH", "S1", True),
+    ("00081030", "LO", "*Knee*", True),
+])
+async def test_study_matching(archive: LocalArchive, tmp_path: Path, tag: str, vr: str, value: str,
+                              hit: bool) -> None:
+    study, _, _ = await put(archive, tmp_path, PatientID="PID-7", PatientName="Müller^Jürgen",
+                            AccessionNumber="ACC-77", StudyID="S1", StudyDescription="MR Knee left")
+    await put(archive, tmp_path, PatientID="OTHER", PatientName="Other^Person", AccessionNumber="X",
+              ReferringPhysicianName="Other^Doctor",
+              StudyID="S2", StudyDescription="CT Head")
+    page = await archive.search(Query(Level.STUDY, (single(tag, vr, value),)))
+    assert (uids(page.results) == {study}) is hit
+    if not hit:
+        assert study not in uids(page.results)
+
+
+async def test_date_and_time_ranges(archive: LocalArchive, tmp_path: Path) -> None:
+    jan, _, _ = await put(archive, tmp_path, StudyDate="20240115", StudyTime="0830")
+    feb, _, _ = await put(archive, tmp_path, StudyDate="20240210", StudyTime="171500.25")
+
+    async def dates(low: str | None, high: str | None, tag: str = "00080020", vr: str = "DA") -> set[str]:
+        page = await archive.search(Query(Level.STUDY, (Match(tag, vr, MatchKind.RANGE, low=low, high=high),)))
+        return uids(page.results)
+
+    assert await dates("20240101", "20240131") == {jan}
+    assert await dates("20240201", None) == {feb}
+    assert await dates(None, "20240115") == {jan}
+    assert await dates("20240116", "20240209") == set()
+    assert await dates("0800", "0900", "00080030", "TM") == {jan}
+    assert await dates("17", None, "00080030", "TM") == {feb}
+    assert await dates(None, "1715", "00080030", "TM") == {jan, feb}  # "1715" ends at 17:15:59.999999
+
+
+async def test_uid_lists_and_lower_level_keys(archive: LocalArchive, tmp_path: Path) -> None:
+    ct, _, _ = await put(archive, tmp_path, Modality="CT")
+    mr, _, _ = await put(archive, tmp_path, Modality="MR")
+    page = await archive.search(Query(Level.STUDY, (Match("0020000D", "UI", MatchKind.UID_LIST,
+                                                          values=(ct, mr, generate_uid())),)))
+    assert uids(page.results) == {ct, mr}
+    page = await archive.search(Query(Level.STUDY, (single("00080061", "CS", "MR"),)))
+    assert uids(page.results) == {mr}
+    page = await archive.search(Query(Level.STUDY, (single("00080060", "CS", "CT"),)))
+    assert uids(page.results) == {ct}
+    with pytest.raises(InvalidInput):
+        await archive.search(Query(Level.STUDY, (single("00181000", "LO", "X"),)))
+
+
+async def test_counts_modalities_and_sop_classes(archive: LocalArchive, tmp_path: Path) -> None:
+    study = generate_uid()
+    series_a, series_b = generate_uid(), generate_uid()
+    for n in range(3):
+        await put(archive, tmp_path, study_uid=study, series_uid=series_a, number=n + 1, Modality="CT")
+    await put(archive, tmp_path, study_uid=study, series_uid=series_b, Modality="SR",
+              SOPClassUID="1.2.840.10008.5.1.4.1.1.88.11")
+    page = await archive.search(Query(Level.STUDY))
+    (result,) = page.results
+    assert result["00201206"]["Value"] == [2]
+    assert result["00201208"]["Value"] == [4]
+    assert result["00080061"]["Value"] == ["CT", "SR"]
+    assert set(result["00080062"]["Value"]) == {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.88.11"}
+    series = await archive.search(Query(Level.SERIES, (Match("0020000D", "UI", MatchKind.UID_LIST,
+                                                             values=(study,)),)))
+    counts = {r["0020000E"]["Value"][0]: r["00201209"]["Value"][0] for r in series.results}
+    assert counts == {series_a: 3, series_b: 1}
+
+
+async def test_series_and_instance_level_keys(archive: LocalArchive, tmp_path: Path) -> None:
+    study, series = generate_uid(), generate_uid()
+    for n in range(1, 4):
+        await put(archive, tmp_path, study_uid=study, series_uid=series, number=n, SeriesNumber=5)
+    page = await archive.search(Query(Level.INSTANCE, (single("00200013", "IS", "2"),)))
+    assert [r["00200013"]["Value"][0] for r in page.results] == [2]
+    page = await archive.search(Query(Level.SERIES, (single("00200011", "IS", "5"),)))
+    assert uids(page.results, "0020000E") == {series}
+    page = await archive.search(Query(Level.INSTANCE, (Match("00080016", "UI", MatchKind.UID_LIST,
+                                                             values=("1.2.840.10008.5.1.4.1.1.2",)),)))
+    assert len(page.results) == 3
+
+
+async def test_unindexed_keys_are_matched_too(archive: LocalArchive, tmp_path: Path) -> None:
+    """A key without an index column (Manufacturer, a series attribute) is filtered in Python."""
+    a, _, _ = await put(archive, tmp_path, Manufacturer="ACME")
+    await put(archive, tmp_path, Manufacturer="Other")
+    page = await archive.search(Query(Level.SERIES, (single("00080070", "LO", "AC*"),)))
+    assert uids(page.results) == {a}
+
+
+async def test_paging_is_stable_and_counts_the_rest(archive: LocalArchive, tmp_path: Path) -> None:
+    made = {(await put(archive, tmp_path, StudyDate=f"202401{d:02d}"))[0] for d in range(1, 8)}
+    seen: list[str] = []
+    for offset in range(0, 7, 3):
+        page = await archive.search(Query(Level.STUDY, limit=3, offset=offset))
+        seen += [r["0020000D"]["Value"][0] for r in page.results]
+        assert page.remaining == max(0, 7 - offset - 3)
+    assert len(seen) == 7 and set(seen) == made
+    again = await archive.search(Query(Level.STUDY, limit=3, offset=3))
+    assert [r["0020000D"]["Value"][0] for r in again.results] == seen[3:6]
+
+
+async def test_delete_removes_rows_and_files(archive: LocalArchive, tmp_path: Path) -> None:
+    study, series, sop = await put(archive, tmp_path)
+    path = (await archive.locate(Scope(study)))[0].path
+    assert await archive.delete(Scope(study)) == 1
+    assert not Path(path).exists()
+    assert (await archive.search(Query(Level.STUDY))).results == []
+
+
+async def test_character_sets_are_decoded(archive: LocalArchive, tmp_path: Path) -> None:
+    """An ISO_IR 100 (Latin-1) instance is found and returned by its Unicode name."""
+    study, _, _ = await put(archive, tmp_path, SpecificCharacterSet="ISO_IR 100", PatientName="Gößmann^Zoë")
+    page = await archive.search(Query(Level.STUDY, (single("00100010", "PN", "GOSSMANN^ZOE"),)))
+    assert uids(page.results) == {study}
+    assert page.results[0]["00100010"]["Value"][0]["Alphabetic"] == "Gößmann^Zoë"
