@@ -60,8 +60,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 def _run_import(settings: Settings, paths: list[Path], quiet: bool) -> dict[str, Any]:
     import anyio
 
-    from .app import build_services
     from .adapters.importer import import_paths
+    from .app import build_services
 
     services = build_services(settings)
 

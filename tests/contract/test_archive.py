@@ -195,7 +195,7 @@ async def test_paging_is_stable_and_counts_the_rest(archive: LocalArchive, tmp_p
 
 
 async def test_delete_removes_rows_and_files(archive: LocalArchive, tmp_path: Path) -> None:
-    study, series, sop = await put(archive, tmp_path)
+    study, _, _ = await put(archive, tmp_path)
     path = (await archive.locate(Scope(study)))[0].path
     assert await archive.delete(Scope(study)) == 1
     assert not Path(path).exists()

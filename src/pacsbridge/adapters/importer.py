@@ -49,7 +49,7 @@ def sources(paths: list[Path]) -> Iterator[tuple[str, Opener | None]]:
                     continue
                 name = f"{path}!{info.filename}"
                 skip = Path(info.filename).name in SKIP_NAMES
-                yield name, None if skip else (lambda info=info: archive.open(info))
+                yield name, None if skip else (lambda info=info, archive=archive: archive.open(info))
         else:
             yield str(path), _file_opener(path)
 

@@ -30,7 +30,7 @@ class BlobStore:
     def new_spool_file(self) -> tuple[Path, BinaryIO]:
         """A fresh spool file, open for writing; the caller closes it (and removes it on failure)."""
         path = self.spool_dir / f"in-{secrets.token_hex(8)}.part"
-        return path, open(path, "xb")  # noqa: SIM115 - ownership passes to the caller
+        return path, open(path, "xb")
 
     def place(self, spooled: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Move a spool file to its final, unique place (fsync'd), returning the new path."""

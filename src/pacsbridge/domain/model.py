@@ -101,8 +101,11 @@ class InstanceRecord:
     number_of_frames: int
 
 
-BULK_BASE = "\u0001PACSBRIDGE-BULK-BASE\u0001"
-"""Placeholder at the start of every stored BulkDataURI; replaced by the study URL base on output."""
+BULK_BASE = "pacsbridge-bulk-base:"
+"""Placeholder at the start of every stored BulkDataURI; replaced by the request's base URL on output.
+
+Only the sequence ``"BulkDataURI":"`` + BULK_BASE is replaced, so attribute values that happen to
+contain the placeholder text are never touched."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import pydicom
 from pydicom._uid_dict import UID_dictionary
@@ -43,6 +43,18 @@ class Rejected(InvalidInput):
         self.sop_uid = sop_uid
 
 
+def lacks_preamble(head: bytes) -> bool:
+    """True for a file that starts right at its File Meta group (no 128-byte preamble + ``DICM``).
+
+    pydicom's ``dcmwrite`` produces these unless told ``enforce_file_format=True``, and clients built on
+    it (dicomweb-client) send them in STOW-RS; we accept them and store them with a preamble.
+    """
+    return head[128:132] != b"DICM" and head[:2] == b"\x02\x00" and head[4:6].isalpha()
+
+
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
 def read_header(fp: BinaryIO) -> tuple[Dataset, str | None]:
     """The dataset without pixel data, and the VR of the pixel element that follows (None if none)."""
     try:
@@ -56,8 +68,8 @@ def read_header(fp: BinaryIO) -> tuple[Dataset, str | None]:
     head = fp.read(8)
     pixel_vr = None
     if len(head) >= 4:
-        little = ds.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.2"
-        order = "little" if little else "big"
+        big = ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
+        order: Literal["little", "big"] = "big" if big else "little"
         tag = (int.from_bytes(head[0:2], order) << 16) | int.from_bytes(head[2:4], order)
         if tag in PIXEL_TAGS:
             explicit = ds.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2"

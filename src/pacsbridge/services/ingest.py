@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -16,7 +18,7 @@ import anyio.to_thread
 
 from ..domain.model import InstanceRecord, Origin
 from ..domain.store import FailureReason, StoreResult
-from ..formats.part10 import Rejected, describe, read_header
+from ..formats.part10 import PREAMBLE, Rejected, describe, lacks_preamble, read_header
 from .ports import Archive, Spool
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,22 @@ class IngestService:
 
     def _describe(self, staged: Path) -> InstanceRecord:
         with open(staged, "rb") as fp:
+            fix = lacks_preamble(fp.read(132))
+            if fix:
+                _add_preamble(staged, fp)
+        with open(staged, "rb") as fp:
             ds, pixel_vr = read_header(fp)
         return describe(ds, pixel_vr, self.options.bulk_threshold)
+
+
+def _add_preamble(staged: Path, fp: BinaryIO) -> None:
+    """Rewrite a spool file in place with the PS3.10 preamble in front (a temp file, then rename)."""
+    fixed = staged.with_suffix(".preamble")
+    fp.seek(0)
+    with open(fixed, "wb") as out:
+        out.write(PREAMBLE)
+        shutil.copyfileobj(fp, out, 1 << 20)
+    os.replace(fixed, staged)
 
 
 def _discard(path: Path) -> None:

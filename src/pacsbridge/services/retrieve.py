@@ -7,6 +7,7 @@ StoredInstance paths are local files (upstream archives fetch into a local cache
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -57,7 +58,9 @@ class RetrieveService:
         """The metadata JSON text of each instance, with BulkDataURIs under ``base_url``."""
         await self._check_study(scope.study_uid, principal)
         texts = await self.archive.metadata(scope)
-        return [t.replace(BULK_BASE, base_url) for t in texts]
+        placeholder = '"BulkDataURI":"' + BULK_BASE
+        actual = '"BulkDataURI":' + json.dumps(base_url)[:-1]
+        return [t.replace(placeholder, actual) for t in texts]
 
     # --- instance bodies ------------------------------------------------------------------------
 

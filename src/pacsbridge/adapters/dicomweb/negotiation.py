@@ -22,7 +22,7 @@ from ...domain.model import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
 )
-from ...formats.media import MediaRange, parse_accept
+from ...formats.media import MediaRange, parse_accept, parse_accept_param
 
 ANY_TS = "*"
 
@@ -58,10 +58,12 @@ def ranges(accept_header: str | None, accept_param: str | None, strict: bool) ->
     """The acceptable media ranges in order of preference."""
     found: list[MediaRange] = []
     if accept_param:
-        found.extend(parse_accept(accept_param))
+        found.extend(parse_accept_param(accept_param))
     found.extend(parse_accept(accept_header))
     if not found:
-        if strict and not accept_header:
+        if accept_header and accept_header.strip():
+            raise Unsupported("nothing in the Accept header is acceptable (every range has q=0 or is malformed)")
+        if strict:
             raise Unsupported("an Accept header is required (PS3.18 §8.7.5)")
         found = parse_accept("*/*")
     return found
@@ -73,8 +75,12 @@ def web_syntax(stored: str) -> str:
 
 
 def _mr_type(mr: MediaRange) -> str | None:
+    """The part type of a multipart range; a wildcard part type (``type="*/*"``, which
+    dicomweb-client sends) counts as none, i.e. the resource's default."""
     value = mr.param("type")
-    return value.lower() if value else None
+    if not value or value.strip() in ("*/*", "*"):
+        return None
+    return value.lower()
 
 
 def choose_instances(

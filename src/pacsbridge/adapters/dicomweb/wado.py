@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from ...domain.errors import InvalidInput, NotFound
 from ...domain.model import Scope, StoredInstance
 from ...formats.multipart import MultipartWriter, multipart_related_type, new_boundary
-from ...formats.render import RenderOptions, parse_render_params
+from ...formats.render import parse_render_params
 from .context import DicomwebContext, principal_of
 from .negotiation import (
     ANY_TS,
@@ -142,28 +142,26 @@ async def bulkdata(ctx: DicomwebContext, request: Request) -> Response:
     return Response(b"".join(chunks), headers={"Content-Type": multipart_related_type(media_type, boundary)})
 
 
+def _frame_param(request: Request) -> int:
+    if "frame" not in request.path_params:
+        return 1
+    return parse_frame_numbers(request.path_params["frame"])[0]
+
+
 async def rendered(ctx: DicomwebContext, request: Request) -> Response:
     """An instance or frame rendered as a consumer image (§10.4.1.1.4, §8.3.5.1)."""
     media_type = choose_rendered(_accept(ctx, request))
-    params = dict(request.query_params)
-    params.setdefault("media_type", media_type)
-    options = parse_render_params(params)
-    if "frame" in request.path_params:
-        numbers = parse_frame_numbers(request.path_params["frame"])
-        options = RenderOptions(**{**options.__dict__, "frame": numbers[0]})
+    options = parse_render_params(dict(request.query_params), media_type=media_type,
+                                  frame=_frame_param(request))
     stored = await _representative(ctx, request)
-    image = await ctx.retrieve.render(stored, options)
-    return Response(image, media_type=options.media_type)
+    return Response(await ctx.retrieve.render(stored, options), media_type=options.media_type)
 
 
 async def thumbnail(ctx: DicomwebContext, request: Request) -> Response:
     """A small rendering of the study, series, instance or frame; never with burned-in PHI."""
     media_type = choose_rendered(_accept(ctx, request))
-    params = {"media_type": media_type, "viewport": request.query_params.get("viewport", "128,128")}
-    options = parse_render_params(params)
-    if "frame" in request.path_params:
-        numbers = parse_frame_numbers(request.path_params["frame"])
-        options = RenderOptions(**{**options.__dict__, "frame": numbers[0]})
+    options = parse_render_params(dict(request.query_params), media_type=media_type,
+                                  frame=_frame_param(request), thumbnail=True)
     stored = await _representative(ctx, request)
     return Response(await ctx.retrieve.render(stored, options), media_type=options.media_type)
 

@@ -43,5 +43,5 @@ async def retrieve(ctx: DicomwebContext, request: Request) -> Response:
     media = next((c for c in content_types if c in RENDERED), None) if content_types else "image/jpeg"
     if media is None:
         raise Unsupported("contentType must list application/dicom, image/jpeg, image/png or image/gif")
-    options = parse_wado_uri_params({**dict(q), "media_type": media})
+    options = parse_wado_uri_params({**dict(q), "contentType": media})
     return Response(await ctx.retrieve.render(stored, options), media_type=media)

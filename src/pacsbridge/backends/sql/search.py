@@ -24,7 +24,6 @@ from sqlalchemy import (
     exists,
     func,
     literal,
-    or_,
     select,
     true,
 )

@@ -1,0 +1,1 @@
+"""Pure wire codecs: bytes and strings in, values out; no I/O."""

@@ -1,0 +1,124 @@
+"""STOW-RS against a running pacsbridge on loopback (PS3.18 §10.5)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from pydicom.uid import generate_uid
+
+from ..support.dicom import instance, to_bytes
+from ..support.http import stow_body
+from ..support.servers import RunningServer
+
+JSON = {"Accept": "application/dicom+json"}
+
+
+def post(server: RunningServer, parts: list, path: str = "/studies") -> httpx.Response:
+    body, content_type = stow_body(parts)
+    return httpx.post(server.dicomweb + path, content=body, headers={"Content-Type": content_type, **JSON})
+
+
+def files_in(server: RunningServer) -> list:
+    root = server.settings.data_dir
+    return sorted(p for p in (root / "files").rglob("*") if p.is_file()) if (root / "files").exists() else []
+
+
+def spool_leftovers(server: RunningServer) -> list:
+    return list((server.settings.data_dir / "spool").glob("*"))
+
+
+def count_instances(server: RunningServer) -> int:
+    r = httpx.get(server.dicomweb + "/instances", headers=JSON)
+    return 0 if r.status_code == 204 else len(r.json())
+
+
+def test_all_stored_is_200_with_referenced_sops_and_retrieve_urls(server: RunningServer) -> None:
+    study = generate_uid()
+    parts = [instance(study, number=n) for n in range(1, 4)]
+    r = post(server, parts)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/dicom+json")
+    body = r.json()
+    assert body["00081190"]["Value"] == [f"{server.dicomweb}/studies/{study}"]
+    refs = body["00081199"]["Value"]
+    assert {item["00081155"]["Value"][0] for item in refs} == {p.SOPInstanceUID for p in parts}
+    for item in refs:
+        url = item["00081190"]["Value"][0]
+        assert url.startswith(f"{server.dicomweb}/studies/{study}/series/") and "/instances/" in url
+    assert "00081198" not in body
+    assert len(files_in(server)) == 3 and count_instances(server) == 3
+
+
+def test_partial_success_is_202_and_the_bad_part_leaves_nothing(server: RunningServer) -> None:
+    good = instance()
+    r = post(server, [good, b"this is not DICOM at all" * 10])
+    assert r.status_code == 202, r.text
+    body = r.json()
+    (failed,) = body["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert len(body["00081199"]["Value"]) == 1
+    assert len(files_in(server)) == 1 and not spool_leftovers(server)
+
+
+def test_instance_of_another_study_than_the_url_is_409(server: RunningServer) -> None:
+    ds = instance()
+    r = post(server, [ds], path=f"/studies/{generate_uid()}")
+    assert r.status_code == 409
+    (failed,) = r.json()["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == [ds.SOPInstanceUID]
+    assert failed["00081197"]["Value"] == [0xA901]
+    assert files_in(server) == [] and count_instances(server) == 0
+
+
+def test_unsupported_sop_class_is_409_with_0122(server: RunningServer) -> None:
+    ds = instance(SOPClassUID="1.2.840.10008.1.1")  # Verification: not a storage class
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.1"
+    r = post(server, [ds])
+    assert r.status_code == 409
+    assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0x0122]
+
+
+def test_missing_uid_is_a900(server: RunningServer) -> None:
+    ds = instance(SeriesInstanceUID=None)
+    r = post(server, [ds])
+    assert r.status_code == 409
+    assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+
+
+def test_truncated_multipart_is_400_and_stores_nothing(server: RunningServer) -> None:
+    body, content_type = stow_body([instance()])
+    r = httpx.post(server.dicomweb + "/studies", content=body[: len(body) // 2],
+                   headers={"Content-Type": content_type})
+    assert r.status_code == 400
+    assert files_in(server) == [] and not spool_leftovers(server)
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/json", 'multipart/related; type="application/dicom+xml"; boundary=x'])
+def test_unsupported_media_type_is_415(server: RunningServer, content_type: str) -> None:
+    r = httpx.post(server.dicomweb + "/studies", content=b"{}", headers={"Content-Type": content_type})
+    assert r.status_code == 415
+
+
+def test_empty_body_is_400(server: RunningServer) -> None:
+    r = httpx.post(server.dicomweb + "/studies", content=b"--b--\r\n",
+                   headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+    assert r.status_code == 400
+
+
+def test_storing_the_same_instance_again_replaces_it(server: RunningServer) -> None:
+    ds = instance(PatientName="Before^Name")
+    assert post(server, [ds]).status_code == 200
+    ds.PatientName = "After^Name"
+    assert post(server, [ds]).status_code == 200
+    assert count_instances(server) == 1 and len(files_in(server)) == 1
+    r = httpx.get(server.dicomweb + "/studies", params={"PatientName": "After^Name"}, headers=JSON)
+    assert r.status_code == 200 and len(r.json()) == 1
+
+
+def test_single_part_application_dicom_body(server: RunningServer) -> None:
+    ds = instance()
+    r = httpx.post(server.dicomweb + "/studies", content=to_bytes(ds),
+                   headers={"Content-Type": "application/dicom", **JSON})
+    assert r.status_code == 200
+    assert r.json()["00081199"]["Value"][0]["00081155"]["Value"] == [ds.SOPInstanceUID]

@@ -1,0 +1,178 @@
+"""WADO-RS and WADO-URI against a running pacsbridge on loopback (PS3.18 §10.4, Ch. 9)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+
+from ..support.dicom import instance
+from ..support.http import read_dataset, split_multipart, stow_body
+from ..support.servers import RunningServer, serve
+
+EVRLE = "1.2.840.10008.1.2.1"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, dict]]:
+    from pacsbridge.settings import Settings
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("wado") / "data", storage={"fsync": False},
+                        cors={"allow_origins": ["http://viewer.example"]})
+    study_uid, series_uid = generate_uid(), generate_uid()
+    single = instance(study_uid, series_uid, number=1, rows=32, columns=24)
+    multi = instance(study_uid, series_uid, number=2, rows=8, columns=8, NumberOfFrames=3)
+    frames = np.stack([np.full((8, 8), 100 * (f + 1), dtype="<u2") for f in range(3)])
+    multi.PixelData = frames.tobytes()
+    implicit = instance(study_uid, series_uid, number=3)
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    with serve(settings) as server:
+        body, content_type = stow_body([single, multi, implicit])
+        r = httpx.post(server.dicomweb + "/studies", content=body, headers={"Content-Type": content_type})
+        assert r.status_code == 200, r.text
+        yield server, {"study": study_uid, "series": series_uid, "single": single, "multi": multi,
+                       "implicit": implicit}
+
+
+def url(server: RunningServer, info: dict, sop: str | None = None, tail: str = "") -> str:
+    base = f"{server.dicomweb}/studies/{info['study']}/series/{info['series']}"
+    return base + (f"/instances/{sop}" if sop else "") + tail
+
+
+def test_study_retrieve_defaults_to_explicit_vr_little_endian(study: tuple[RunningServer, dict]) -> None:
+    server, info = study
+    r = httpx.get(f"{server.dicomweb}/studies/{info['study']}",
+                  headers={"Accept": 'multipart/related; type="application/dicom"'})
+    assert r.status_code == 200
+    assert 'type="application/dicom"' in r.headers["content-type"]
+    parts = split_multipart(r.content, r.headers["content-type"])
+    assert len(parts) == 3
+    for headers, data in parts:
+        assert headers["content-type"] == f"application/dicom; transfer-syntax={EVRLE}"
+        ds = read_dataset(data)
+        assert ds.file_meta.TransferSyntaxUID == EVRLE  # implicit VR LE is never sent on the web
+    sops = {read_dataset(d).SOPInstanceUID for _, d in parts}
+    assert sops == {info["single"].SOPInstanceUID, info["multi"].SOPInstanceUID, info["implicit"].SOPInstanceUID}
+
+
+def test_transfer_syntax_star_sends_as_stored_but_never_implicit(study: tuple[RunningServer, dict]) -> None:
+    server, info = study
+    r = httpx.get(url(server, info, info["implicit"].SOPInstanceUID),
+                  headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    ((_, data),) = split_multipart(r.content, r.headers["content-type"])
+    assert read_dataset(data).file_meta.TransferSyntaxUID == EVRLE
+    assert np.array_equal(read_dataset(data).pixel_array, info["implicit"].pixel_array)
+
+
+def test_single_part_instance(study: tuple[RunningServer, dict]) -> None:
+    server, info = study
+    r = httpx.get(url(server, info, info["single"].SOPInstanceUID), headers={"Accept": "application/dicom"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/dicom")
+    assert read_dataset(r.content).SOPInstanceUID == info["single"].SOPInstanceUID
+
+
+def test_unproducible_transfer_syntax_is_406(study: tuple[RunningServer, dict]) -> None:
+    server, info = study
+    r = httpx.get(f"{server.dicomweb}/studies/{info['study']}",
+                  headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.3.4.5'})
+    assert r.status_code == 406
+
+
+def test_metadata_levels_and_bulk_data_uris(study: tuple[RunningServer, dict]) -> None:
+    server, info = study
+    study_md = httpx.get(f"{server.dicomweb}/studies/{info['study']}/metadata",
+                         headers={"Accept": "application/dicom+json"})
+    assert study_md.status_code == 200 and len(study_md.json()) == 3
+    series_md = httpx.get(url(server, info, tail="/metadata")).json()
+    assert len(series_md) == 3
+    (one,) = httpx.get(url(server, info, info["single"].SOPInstanceUID, "/metadata")).json()
+    assert one["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}
+    assert one["00280010"]["Value"] == [32]
+    pixel = one["7FE00010"]
+    assert set(pixel) == {"vr", "BulkDataURI"} and pixel["vr"] == "OW"
+    assert pixel["BulkDataURI"] == url(server, info, info["single"].SOPInstanceUID, "/bulkdata/7FE00010")
+    bulk = httpx.get(pixel["BulkDataURI"], headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    assert bulk.status_code == 200
+    ((_, data),) = split_multipart(bulk.content, bulk.headers["content-type"])
+    assert data == info["single"].PixelData
+
+
+def test_frames_as_ohif_asks_for_them(study: tuple[RunningServer, dict]) -> None:
+    server, info = study
+    accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    r = httpx.get(url(server, info, info["multi"].SOPInstanceUID, "/frames/2"), headers={"Accept": accept})
+    assert r.status_code == 200, r.text
+    ((headers, data),) = split_multipart(r.content, r.headers["content-type"])
+    assert headers["content-type"] == f"application/octet-stream; transfer-syntax={EVRLE}"
+    assert data == np.full((8, 8), 200, dtype="<u2").tobytes()
+    r = httpx.get(url(server, info, info["multi"].SOPInstanceUID, "/frames/3,1"), headers={"Accept": accept})
+    parts = split_multipart(r.content, r.headers["content-type"])
+    assert [p[1][:2] for p in parts] == [np.uint16(300).tobytes(), np.uint16(100).tobytes()]
+
+
+@pytest.mark.parametrize(("frames", "status"), [("4", 404), ("0", 400), ("a,b", 400)])
+def test_bad_frame_numbers(study: tuple[RunningServer, dict], frames: str, status: int) -> None:
+    server, info = study
+    r = httpx.get(url(server, info, info["multi"].SOPInstanceUID, f"/frames/{frames}"),
+                  headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    assert r.status_code == status
+
+
+def test_rendered_and_thumbnail(study: tuple[RunningServer, dict]) -> None:
+    server, info = study
+    sop = info["single"].SOPInstanceUID
+    r = httpx.get(url(server, info, sop, "/rendered"), headers={"Accept": "image/jpeg"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(r.content)).size == (24, 32)
+    r = httpx.get(url(server, info, sop, "/rendered"), params={"window": "100,50"},
+                  headers={"Accept": "image/png"})
+    assert r.headers["content-type"] == "image/png"
+    r = httpx.get(url(server, info, info["multi"].SOPInstanceUID, "/frames/2/rendered"))
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (8, 8)
+    r = httpx.get(f"{server.dicomweb}/studies/{info['study']}/thumbnail", headers={"Accept": "image/jpeg"})
+    assert r.status_code == 200 and max(Image.open(io.BytesIO(r.content)).size) <= 128
+    r = httpx.get(url(server, info, sop, "/rendered"), params={"quality": "0"})
+    assert r.status_code == 400
+
+
+def test_wado_uri(study: tuple[RunningServer, dict]) -> None:
+    server, info = study
+    sop = info["single"].SOPInstanceUID
+    params = {"requestType": "WADO", "studyUID": info["study"], "seriesUID": info["series"], "objectUID": sop}
+    r = httpx.get(server.dicomweb + "/wado", params={**params, "contentType": "application/dicom"})
+    assert r.status_code == 200 and read_dataset(r.content).SOPInstanceUID == sop
+    r = httpx.get(server.dicomweb + "/wado", params=params)
+    assert r.headers["content-type"] == "image/jpeg"
+    r = httpx.get(server.dicomweb + "/wado", params={**params, "contentType": "application/dicom",
+                                                     "windowCenter": "10", "windowWidth": "20"})
+    assert r.status_code == 400
+    r = httpx.get(server.dicomweb + "/wado", params={k: v for k, v in params.items() if k != "seriesUID"})
+    assert r.status_code == 400
+
+
+def test_unknown_things_are_404(study: tuple[RunningServer, dict]) -> None:
+    server, info = study
+    assert httpx.get(f"{server.dicomweb}/studies/{generate_uid()}/metadata").status_code == 404
+    assert httpx.get(url(server, info, generate_uid(), "/metadata")).status_code == 404
+
+
+def test_cors_preflight_and_cross_origin_isolation(study: tuple[RunningServer, dict]) -> None:
+    server, _ = study
+    r = httpx.options(server.dicomweb + "/studies", headers={
+        "Origin": "http://viewer.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization,accept"})
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "http://viewer.example"
+    assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    r = httpx.get(server.dicomweb + "/studies", headers={"Origin": "http://viewer.example"})
+    assert r.headers["cross-origin-resource-policy"] == "cross-origin"
+    assert r.headers["access-control-allow-origin"] == "http://viewer.example"
+    assert "warning" in r.headers["access-control-expose-headers"].lower()
+    r = httpx.options(server.dicomweb + "/studies", headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in r.headers
