@@ -74,7 +74,7 @@ def _run_import(settings: Settings, paths: list[Path], quiet: bool) -> dict[str,
     summary: dict[str, Any] = anyio.run(run)
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     console.print(f"[bold]imported[/]: {summary['stored']} stored ({summary['replaced']} replaced), "
                   f"{len(summary['failed'])} failed, {summary['skipped']} skipped")
     for path, reason in summary["failed"][:50]:

@@ -77,11 +77,21 @@ class Query:
 
 # --- value normalisation (shared with index columns, so SQL and Python agree) -----------------
 
+# Letters that Unicode does not decompose into base letter + accent.
+_UNDECOMPOSABLE = str.maketrans({
+    "ß": "SS", "Ł": "L", "ł": "L", "Ø": "O", "ø": "O", "Đ": "D", "đ": "D", "Æ": "AE", "æ": "AE",
+    "Œ": "OE", "œ": "OE", "Þ": "TH", "þ": "TH", "ı": "I", "Ħ": "H", "ħ": "H",
+})
+
+
 def fold_person_name(text: str) -> str:
-    """Case- and accent-insensitive form of a PN value: ``Müller^Jörg`` -> ``MULLER^JORG``."""
-    decomposed = unicodedata.normalize("NFKD", text)
+    """Case- and accent-insensitive form of a PN value: ``Müller^Jörg`` -> ``MULLER^JORG``.
+
+    Index columns store this form, so changing it needs a migration that recomputes them.
+    """
+    decomposed = unicodedata.normalize("NFKD", text.translate(_UNDECOMPOSABLE))
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return stripped.replace("ß", "SS").upper().strip()
+    return stripped.upper().strip()
 
 
 def normalize_date(text: str) -> str:

@@ -6,10 +6,11 @@ Rules:
 1. Keys are 8 upper-case hex digits in ascending order; group lengths (gggg,0000), File Meta
    (group 0002) and Data Set Trailing Padding (FFFC,FFFC) are left out; private elements and their
    creators are kept.
-2. Elements still in the raw form a file was read into are converted from their bytes here, never
-   through pydicom's element conversion, when the VR is known and the text is single-byte or UTF-8.
-   Everything else (implicit private VRs, ambiguous VRs, UN, ISO 2022 escapes, deferred text) goes
-   through ``Dataset.__getitem__``, so it follows pydicom's rules exactly.
+2. Speed: elements still in the raw form a file was read into, sequences included, are converted
+   from their bytes here rather than through pydicom's elements and item Datasets, when the VR is
+   known and the text is single-byte or UTF-8. Everything else (implicit private VRs, ambiguous VRs,
+   UN, ISO 2022 escapes, item-level charsets, deferred text) goes through ``Dataset.__getitem__``,
+   so it follows pydicom's rules exactly; both paths give the same JSON.
 3. IS, DS, SV and UV are JSON numbers only when the number survives a trip through an IEEE double
    exactly (integers up to 2**53, at most 15 significant digits otherwise); else, and for text that
    is not a number at all, the text is kept as a string, as Annex F allows. Integral DS become ints.
@@ -65,9 +66,10 @@ MAX_EXACT_INT = 2**53
 
 _CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 _STRIP_BOTH_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI"})
-_NUMBER_SIZES = {vr: struct.calcsize("<" + fmt) for vr, fmt in NUMBER_FORMATS.items()}
+_NUMBER_SIZES = {"AT": 4} | {vr: struct.calcsize("<" + fmt) for vr, fmt in NUMBER_FORMATS.items()}
 _SWAP_TYPECODES = {"OW": "H", "OF": "f", "OL": "L", "OD": "d", "OV": "Q"}
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_NONFINITE_NAMES = {math.inf: "Infinity", -math.inf: "-Infinity"}  # and NaN, which equals nothing
 _IS_TEXT = re.compile(r"[+-]?[0-9]+")
 _DS_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _HEX_KEY = re.compile(r"[0-9A-Fa-f]{8}")
@@ -188,17 +190,10 @@ class _Encoder:
             return _text_entry(vr, [text] if vr in SINGLE_TEXT_VRS else text.split("\\"))
         if vr == "SQ":
             return self.sequence(data, 0, len(data), False, key, prefix, codec, little, implicit)[0]
-        endian = "<" if little else ">"
-        if vr == "AT":
-            if len(data) % 4:
-                raise _Fallback
-            words = struct.unpack(f"{endian}{len(data) // 2}H", data)
-            return {"vr": vr, "Value": [f"{words[i]:04X}{words[i + 1]:04X}" for i in range(0, len(words), 2)]}
         size = _NUMBER_SIZES.get(vr)
         if size is None or len(data) % size or tag in _LUT_DESCRIPTOR_TAGS:
             raise _Fallback
-        numbers = struct.unpack(f"{endian}{len(data) // size}{NUMBER_FORMATS[vr]}", data)
-        return {"vr": vr, "Value": _number_values(vr, numbers)}
+        return {"vr": vr, "Value": _decode_numbers(vr, data, little)}
 
     def sequence(
         self, buf: bytes, pos: int, end: int, undefined: bool, key: str, prefix: str, codec: str | None,
@@ -305,8 +300,9 @@ class _Encoder:
             return self.binary(vr, elem.tag, data, len(data), key, prefix, little)
         if value is None or (isinstance(value, str | bytes) and not value):
             return {"vr": vr}
-        if isinstance(value, bytes) and vr not in TEXT_VRS:
-            return self.undecoded_numbers(vr, value, little)
+        if isinstance(value, bytes) and vr not in TEXT_VRS:  # e.g. an unresolved "US or SS"
+            numbers = _decode_numbers(vr, value, little)
+            return {"vr": vr, "Value": numbers} if numbers else {"vr": vr}
         values: list[Any] = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
         if not values:
             return {"vr": vr}
@@ -321,17 +317,6 @@ class _Encoder:
             return {"vr": vr, "Value": _number_values(vr, [float(v) for v in values])}
         return {"vr": vr, "Value": _number_values(vr, [int(v) for v in values])}
 
-    def undecoded_numbers(self, vr: str, value: bytes, little: bool) -> DicomJson:
-        """Numbers pydicom left as bytes (e.g. an unresolved ``US or SS``)."""
-        endian = "<" if little else ">"
-        if vr == "AT":
-            words = struct.unpack(f"{endian}{len(value) // 4 * 2}H", value[: len(value) // 4 * 4])
-            return {"vr": vr, "Value": [f"{words[i]:04X}{words[i + 1]:04X}" for i in range(0, len(words), 2)]}
-        size = _NUMBER_SIZES[vr]
-        count = len(value) // size
-        numbers = struct.unpack(f"{endian}{count}{NUMBER_FORMATS[vr]}", value[: count * size])
-        return {"vr": vr, "Value": _number_values(vr, numbers)} if numbers else {"vr": vr}
-
     def is_bulk(self, tag: int, length: int) -> bool:
         return self.bulk_uri is not None and (tag in PIXEL_DATA_TAGS or length > self.bulk_threshold)
 
@@ -340,7 +325,7 @@ class _Encoder:
     ) -> DicomJson:
         if not length:
             return {"vr": vr}
-        if self.bulk_uri is not None and (tag in PIXEL_DATA_TAGS or length > self.bulk_threshold):
+        if self.bulk_uri is not None and self.is_bulk(tag, length):
             return {"vr": vr, "BulkDataURI": self.bulk_uri(prefix + key)}
         data = value or b""
         if not little and vr in _SWAP_TYPECODES:
@@ -433,18 +418,24 @@ def _decimal_string(text: str) -> int | float | str | None:
     return number
 
 
+def _decode_numbers(vr: str, data: bytes, little: bool) -> list[Any]:
+    """Binary numbers (AT as 8-hex strings) from their encoding; a trailing partial value is dropped."""
+    endian = "<" if little else ">"
+    size = _NUMBER_SIZES[vr]
+    count = len(data) // size
+    whole = data if count * size == len(data) else data[: count * size]
+    if vr == "AT":
+        words = struct.unpack(f"{endian}{count * 2}H", whole)
+        return [f"{words[i]:04X}{words[i + 1]:04X}" for i in range(0, len(words), 2)]
+    return _number_values(vr, struct.unpack(f"{endian}{count}{NUMBER_FORMATS[vr]}", whole))
+
+
 def _number_values(vr: str, numbers: Any) -> list[Any]:
     if vr == "FL" or vr == "FD":
-        return [x if math.isfinite(x) else _nonfinite_name(x) for x in numbers]
+        return [x if math.isfinite(x) else _NONFINITE_NAMES.get(x, "NaN") for x in numbers]
     if vr == "SV" or vr == "UV":
         return [n if -MAX_EXACT_INT <= n <= MAX_EXACT_INT else str(n) for n in numbers]
     return list(numbers)
-
-
-def _nonfinite_name(x: float) -> str:
-    if math.isnan(x):
-        return "NaN"
-    return "Infinity" if x > 0 else "-Infinity"
 
 
 # --- JSON -> dataset ---------------------------------------------------------------------------
@@ -459,11 +450,11 @@ def json_to_dataset(obj: DicomJson, bulk_loader: BulkLoader | None = None) -> Da
     if not isinstance(obj, dict):
         raise InvalidInput("a DICOM JSON dataset must be a JSON object")
     ds = Dataset()
-    for key in sorted(obj, key=str.upper):
-        if not isinstance(key, str) or not _HEX_KEY.fullmatch(key):
+    for key, attr in obj.items():
+        if not _HEX_KEY.fullmatch(key):
             raise InvalidInput("DICOM JSON keys must be 8 hex digits")
         tag = int(key, 16)
-        element = _element_from_json(tag, key.upper(), obj[key], bulk_loader)
+        element = _element_from_json(tag, key.upper(), attr, bulk_loader)
         if element is not None:
             ds[tag] = element
     return ds
@@ -542,9 +533,10 @@ def _value_from_json(vr: str, key: str, value: Any) -> Any:
             return ""
         if isinstance(value, str):  # not Annex F, but some peers send bare strings
             return value
-        if not isinstance(value, dict) or not all(isinstance(value.get(g, ""), str) for g in PN_GROUPS):
+        groups = [value.get(g) or "" for g in PN_GROUPS] if isinstance(value, dict) else None
+        if groups is None or not all(isinstance(g, str) for g in groups):
             raise InvalidInput(f"attribute {key} has a person name that is not an object of strings")
-        return "=".join(value.get(g, "") for g in PN_GROUPS).rstrip("=")
+        return "=".join(groups).rstrip("=")
     if vr in TEXT_VRS:
         if value is None:
             return ""
@@ -601,12 +593,12 @@ def _value_from_bytes(vr: str, key: str, data: bytes) -> Any:
     if vr in TEXT_VRS:
         text = data.decode("utf-8", errors="replace").rstrip(" \x00")
         return text if vr in SINGLE_TEXT_VRS else text.split("\\")
-    if vr == "AT":
-        words = struct.unpack(f"<{len(data) // 2}H", data[: len(data) // 4 * 4])
-        return [(words[i] << 16) | words[i + 1] for i in range(0, len(words), 2)]
     size = _NUMBER_SIZES.get(vr)
     if size is None or len(data) % size:
         raise InvalidInput(f"attribute {key} has binary data of the wrong length for VR {vr}")
+    if vr == "AT":
+        words = struct.unpack(f"<{len(data) // 2}H", data)
+        return [(words[i] << 16) | words[i + 1] for i in range(0, len(words), 2)]
     return list(struct.unpack(f"<{len(data) // size}{NUMBER_FORMATS[vr]}", data))
 
 
@@ -629,8 +621,6 @@ def attribute_values(element: dict[str, Any]) -> list[str]:
             text = "=".join(str(value.get(g) or "") for g in PN_GROUPS).rstrip("=")
             if text:
                 out.append(text)
-        elif isinstance(value, bool):
-            out.append(str(value).lower())
         else:
             out.append(str(value))
     return out

@@ -60,7 +60,8 @@ def read_header(fp: BinaryIO) -> tuple[Dataset, str | None]:
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except (InvalidDicomError, EOFError) as exc:
-        raise Rejected(FailureReason.CANNOT_UNDERSTAND, f"not a DICOM Part 10 file: {exc}") from exc
+        raise Rejected(FailureReason.CANNOT_UNDERSTAND,
+                       "not a DICOM Part 10 file (no 128-byte preamble and 'DICM' prefix)") from exc
     except Exception as exc:  # pydicom raises many types on truncated or garbled input
         raise Rejected(FailureReason.CANNOT_UNDERSTAND, f"unreadable DICOM: {type(exc).__name__}") from exc
     if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:

@@ -14,6 +14,8 @@ Rules:
    value is ``InvalidInput`` (400). Names that are neither these nor attributes are ignored
    (§8.3, listed in ``extra["ignored"]``).
 5. Errors name the parameter, never its value: query values may be patient data.
+6. A '+' of a UTC offset that a client left unencoded arrives as a space (form decoding); it is
+   put back in DT values and TimezoneOffsetFromUTC.
 """
 
 from __future__ import annotations
@@ -200,7 +202,7 @@ class _QueryBuilder:
     def timezone(self, name: str, value: str) -> None:
         if self.timezone_offset is not None:
             raise InvalidInput(f"{name} is given more than once")
-        value = value.strip()
+        value = _restore_plus(value).strip()
         if not value:
             return
         if not _valid_offset(value):
@@ -232,7 +234,8 @@ def _match(name: str, tag: str, vr: str, value: str) -> Match:
     if vr in RANGE_VRS:
         if wildcard:
             raise InvalidInput(f"{name}: wildcards are not allowed for VR {vr}")
-        return _date_time_match(name, tag, vr, value.strip())
+        value = value.strip()
+        return _date_time_match(name, tag, vr, value.replace(" ", "+") if vr == "DT" else value)
     if wildcard:
         if vr not in WILDCARD_VRS:
             raise InvalidInput(f"{name}: wildcards are not allowed for VR {vr}")
@@ -312,6 +315,11 @@ def _valid_offset(text: str) -> bool:
 
 
 _VALIDATORS = {"DA": _valid_date, "TM": _valid_time, "DT": _valid_datetime}
+
+
+def _restore_plus(value: str) -> str:
+    """A ``+HHMM`` offset sent unencoded arrives as `` HHMM`` (form decoding turns '+' into ' ')."""
+    return "+" + value[1:] if len(value) == 5 and value[0] == " " and value[1:].isdigit() else value
 
 
 def _non_negative(name: str, value: str) -> int:

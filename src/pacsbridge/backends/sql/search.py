@@ -110,7 +110,7 @@ def _condition(column: Any, tokens: Any, match: Match, fuzzy: bool) -> ColumnEle
             return column.like(_like_pattern(normalize_for("PN", match.value)), escape="\\")
         if fuzzy and tokens is not None:
             words = fuzzy_words(match.value)
-            return and_(*[tokens.like("%^" + _like_pattern(w) + "%", escape="\\") for w in words])
+            return and_(true(), *[tokens.like("%^" + _like_pattern(w) + "%", escape="\\") for w in words])
         return column == normalize_for("PN", match.value)
     if kind is MatchKind.WILDCARD:
         return column.like(_like_pattern(match.value), escape="\\")

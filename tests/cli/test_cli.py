@@ -1,0 +1,126 @@
+"""The pacsbridge command as an operator runs it: import, check-config, serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from pydicom.uid import generate_uid
+
+from ..support.dicom import instance, write
+from ..support.servers import free_port
+
+PACSBRIDGE = [sys.executable, "-m", "pacsbridge.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PACSBRIDGE, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def study_files(folder: Path, count: int = 3) -> tuple[str, list[Path]]:
+    study, series = generate_uid(), generate_uid()
+    return study, [write(instance(study, series, number=n), folder) for n in range(1, count + 1)]
+
+
+def index_counts(data_dir: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "index.sqlite") as conn:
+        return int(conn.execute("select count(*) from instances").fetchone()[0])
+
+
+def test_import_folder_zip_and_report_failures(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _, files = study_files(tmp_path / "in" / "nested")
+    (tmp_path / "in" / "README.txt").write_text("not an image")
+    (tmp_path / "in" / "DICOMDIR").write_bytes(b"skipped by name")
+    zipped = tmp_path / "more.zip"
+    _, zip_files = study_files(tmp_path / "zipsrc", 2)
+    with zipfile.ZipFile(zipped, "w") as z:
+        for f in zip_files:
+            z.write(f, f"export/{f.name}")
+    result = run("import", "--quiet", "--data-dir", str(data), str(tmp_path / "in"), str(zipped),
+                 str(tmp_path / "missing"))
+    assert result.returncode == 1, result.stderr  # failures make the exit code non-zero
+    assert "5 stored" in result.stderr and "2 failed" in result.stderr and "1 skipped" in result.stderr
+    assert "README.txt" in result.stderr and "not a DICOM Part 10 file" in result.stderr
+    assert "no such file or folder" in result.stderr
+    assert index_counts(data) == 5
+    assert all(f.exists() for f in files), "import never moves or changes the source"
+
+
+def test_import_dicomdir(tmp_path: Path) -> None:
+    if shutil.which("dcmmkdir") is None:
+        pytest.fail("DCMTK dcmmkdir is needed (scripts/install-peers installs dcmtk)")
+    media = tmp_path / "media"
+    media.mkdir()
+    _, files = study_files(tmp_path / "src", 2)
+    for n, f in enumerate(files):
+        shutil.copy(f, media / f"IMG{n:05d}")
+    made = subprocess.run(["dcmmkdir", "--general-purpose", "+r", "-Pgp", "--invent", "IMG00000", "IMG00001"],
+                          cwd=media, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    data = tmp_path / "data"
+    result = run("import", "--quiet", "--data-dir", str(data), str(media / "DICOMDIR"))
+    assert result.returncode == 0, result.stderr
+    assert "2 stored" in result.stderr
+    assert index_counts(data) == 2
+
+
+def test_import_twice_replaces_instead_of_duplicating(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    study_files(tmp_path / "in")
+    assert run("import", "--quiet", "--data-dir", str(data), str(tmp_path / "in")).returncode == 0
+    again = run("import", "--quiet", "--data-dir", str(data), str(tmp_path / "in"))
+    assert "3 stored (3 replaced)" in again.stderr
+    assert index_counts(data) == 3
+
+
+def test_check_config_masks_secrets_and_reads_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "pacsbridge.yaml"
+    config.write_text("port: 9100\ndicomweb:\n  root: /wado\ndatabase_url: postgresql+psycopg://pb:s3cret@db/pb\n")
+    result = run("check-config", "--config", str(config), env={"PACSBRIDGE_PORT": "9200"})
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["port"] == 9200  # the environment beats the file
+    assert shown["dicomweb"]["root"] == "/wado"
+    assert "s3cret" not in result.stdout and shown["database_url"] == "postgresql+psycopg://pb:***@db/pb"
+
+
+def test_check_config_names_a_bad_setting(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("port: not-a-number\nno_such_setting: 1\n")
+    result = run("check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert "port" in result.stderr and "no_such_setting" in result.stderr
+
+
+def test_serve_runs_the_embedded_default(tmp_path: Path) -> None:
+    """`pacsbridge serve` with no data options uses ./pacsbridge-data (SQLite + files)."""
+    port = free_port()
+    proc = subprocess.Popen([*PACSBRIDGE, "serve", "--port", str(port)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/dicomweb/studies").status_code == 204
+        assert (tmp_path / "pacsbridge-data" / "index.sqlite").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
