@@ -21,7 +21,7 @@ class DicomwebSettings(BaseModel):
 
     root: str = "/dicomweb"
     qido_default_limit: int | None = Field(
-        default=None, description="Results per QIDO page when the client sends no limit (None: all, up to max)."
+        default=None, description="Results per QIDO page when the client sends no limit (None: qido_max_limit)."
     )
     qido_max_limit: int = Field(default=1000, ge=1, description="Most results one QIDO request returns.")
     bulk_threshold: int = Field(default=1024, ge=0, description="Binary values larger than this are BulkDataURIs.")

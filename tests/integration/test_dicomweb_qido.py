@@ -151,3 +151,16 @@ def test_xml_is_not_offered(loaded: tuple[RunningServer, dict[str, str]]) -> Non
     server, _ = loaded
     r = httpx.get(server.dicomweb + "/studies", headers={"Accept": 'multipart/related; type="application/dicom+xml"'})
     assert r.status_code == 406
+
+
+def test_no_limit_still_stops_at_the_server_maximum(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from pacsbridge.settings import Settings
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("max") / "data", storage={"fsync": False},
+                        dicomweb={"qido_max_limit": 2})
+    with serve(settings) as server:
+        body, content_type = stow_body([instance() for _ in range(3)])
+        assert httpx.post(server.dicomweb + "/studies", content=body,
+                          headers={"Content-Type": content_type}).status_code == 200
+        r = get(server, "/studies")
+        assert len(r.json()) == 2 and "1 additional results" in r.headers["warning"]

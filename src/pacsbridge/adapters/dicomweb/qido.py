@@ -49,7 +49,10 @@ async def search(ctx: DicomwebContext, request: Request) -> Response:
     keep = [m for m in query.matches if m.tag not in {s.tag for s in scoped}]
     with_parents = (level is Level.SERIES and "study" not in params) or (
         level is Level.INSTANCE and "series" not in params)
-    query = replace(query, matches=(*keep, *scoped), extra={**query.extra, "with_parents": with_parents})
+    # Never more than the configured maximum in one answer; the 299 warning tells of the rest.
+    limit = ctx.config.qido_max_limit if query.limit is None else query.limit
+    query = replace(query, matches=(*keep, *scoped), limit=limit,
+                    extra={**query.extra, "with_parents": with_parents})
     page = await ctx.search.search(query, principal_of(request))
     headers: dict[str, str] = {}
     if page.remaining:
