@@ -232,6 +232,8 @@ def test_timezone_offset_is_kept_apart() -> None:
     assert [m.tag for m in query.matches] == ["00080020"]
     assert parse(("00080201", "+1400")).extra["timezone_offset"] == "+1400"
     assert "timezone_offset" not in parse(("TimezoneOffsetFromUTC", "")).extra
+    assert parse(("TimezoneOffsetFromUTC", " 0100")).extra["timezone_offset"] == "+0100"  # '+' unencoded
+    assert only_match(parse(("AcquisitionDateTime", "20240101120000 0100-"))).low == "20240101120000+0100"
     for bad in ("0500", "+1500", "+0160", "UTC"):
         with pytest.raises(InvalidInput):
             parse(("TimezoneOffsetFromUTC", bad))

@@ -94,3 +94,17 @@ def test_uid_lists() -> None:
     attrs = {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}
     assert matches(Match("0020000D", "UI", MatchKind.UID_LIST, values=("9.9", "1.2.3")), attrs)
     assert not matches(Match("0020000D", "UI", MatchKind.UID_LIST, values=("1.2",)), attrs)
+
+
+def test_a_sequence_key_with_only_return_keys_is_universal() -> None:
+    """`RequestAttributesSequence.ScheduledProcedureStepID=` asks for a value, it filters nothing."""
+    universal = Match("00400275", "SQ", MatchKind.SEQUENCE,
+                      items=(Match("00400009", "SH", MatchKind.UNIVERSAL),))
+    assert matches(universal, {})
+    assert matches(universal, {"00400275": {"vr": "SQ"}})
+
+
+def test_person_names_match_on_the_alphabetic_group() -> None:
+    attrs = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎"}]}}
+    assert matches(Match("00100010", "PN", MatchKind.SINGLE, value="yamada^tarou"), attrs)
+    assert not matches(Match("00100010", "PN", MatchKind.SINGLE, value="山田^太郎"), attrs)

@@ -156,8 +156,10 @@ def _strings(element: dict[str, Any]) -> list[str]:
     for value in values:
         if value is None:
             continue
-        if isinstance(value, dict):  # PN
-            out.extend(str(v) for v in value.values() if v)
+        if isinstance(value, dict):  # PN: the Alphabetic group, as the index column holds it
+            alphabetic = value.get("Alphabetic")
+            if alphabetic:
+                out.append(str(alphabetic))
         else:
             out.append(str(value))
     return out
@@ -207,8 +209,8 @@ def matches(match: Match, attributes: DicomJson, fuzzy: bool = False) -> bool:
         return True
     element = attributes.get(match.tag)
     if match.kind is MatchKind.SEQUENCE:
-        if not match.items:
-            return True
+        if all(m.kind is MatchKind.UNIVERSAL for m in match.items):
+            return True  # only return keys inside: universal, even where the sequence is absent
         items: Sequence[DicomJson] = (element or {}).get("Value") or []
         return any(all(matches(m, item, fuzzy) for m in match.items) for item in items)
     if element is None:

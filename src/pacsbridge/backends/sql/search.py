@@ -152,7 +152,9 @@ def plan(query: Query) -> Plan:
     conditions: list[ColumnElement[bool]] = []
     python_filters: list[tuple[Level, Match]] = []
     for match in query.matches:
-        if match.kind is MatchKind.UNIVERSAL:
+        if match.kind is MatchKind.UNIVERSAL or (
+            match.kind is MatchKind.SEQUENCE and all(m.kind is MatchKind.UNIVERSAL for m in match.items)
+        ):
             continue
         where = COLUMNS.get(match.tag) or DERIVED.get(match.tag)
         if match.kind is MatchKind.SEQUENCE or where is None:
