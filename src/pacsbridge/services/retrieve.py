@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio.to_thread
 import pydicom
@@ -87,15 +88,37 @@ class RetrieveService:
 
     # --- frames, bulk data, rendered ------------------------------------------------------------
 
-    async def frames(self, stored: StoredInstance, numbers: Sequence[int], wanted_ts: str) -> list[bytes]:
-        """Frames (1-based) in ``wanted_ts``; NotFound for a frame number out of range."""
-        def run() -> list[bytes]:
-            with open(stored.path, "rb") as fp:
-                info = frame_codec.pixel_info(fp)
-                raw = list(frame_codec.read_frames(fp, numbers, info))
-            return [frame_codec.frame_as(frame, info, wanted_ts) for frame in raw]
+    async def frames(self, stored: StoredInstance, numbers: Sequence[int], wanted_ts: str) -> AsyncIterator[bytes]:
+        """Frames (1-based) in ``wanted_ts``, one at a time, so a 1 GB object never sits in memory.
 
-        return await anyio.to_thread.run_sync(run)
+        Frame numbers are checked before the first frame is produced (NotFound when out of range), so
+        a caller can still answer 404 instead of a broken multipart body.
+        """
+        fp = await anyio.to_thread.run_sync(open, stored.path, "rb")
+        try:
+            info = await anyio.to_thread.run_sync(frame_codec.pixel_info, fp)
+            raw = await anyio.to_thread.run_sync(frame_codec.read_frames, fp, numbers, info)
+
+            def next_frame() -> bytes | None:
+                frame = next(raw, None)
+                return None if frame is None else frame_codec.frame_as(frame, info, wanted_ts)
+
+            first = await anyio.to_thread.run_sync(next_frame)
+        except BaseException:
+            fp.close()
+            raise
+        return self._frame_stream(fp, first, next_frame)
+
+    @staticmethod
+    async def _frame_stream(fp: BinaryIO, first: bytes | None, next_frame: Callable[[], bytes | None]
+                            ) -> AsyncIterator[bytes]:
+        try:
+            frame = first
+            while frame is not None:
+                yield frame
+                frame = await anyio.to_thread.run_sync(next_frame)
+        finally:
+            fp.close()
 
     async def pixel_transfer_syntax(self, stored: StoredInstance) -> str:
         return stored.transfer_syntax

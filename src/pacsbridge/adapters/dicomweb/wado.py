@@ -13,6 +13,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ...domain.errors import InvalidInput, NotFound
 from ...domain.model import Scope, StoredInstance
+from ...formats.media import MediaRange
 from ...formats.multipart import MultipartWriter, multipart_related_type, new_boundary
 from ...formats.render import parse_render_params
 from .context import DicomwebContext, principal_of
@@ -32,7 +33,7 @@ def scope_of(request: Request) -> Scope:
     return Scope(p["study"], p.get("series"), p.get("instance"))
 
 
-def _accept(ctx: DicomwebContext, request: Request) -> list:  # type: ignore[type-arg]
+def _accept(ctx: DicomwebContext, request: Request) -> list[MediaRange]:
     return ranges(request.headers.get("accept"), request.query_params.get("accept"),
                   ctx.config.strict_accept)
 
@@ -99,47 +100,48 @@ async def frames(ctx: DicomwebContext, request: Request) -> Response:
     choice = choose_frames(_accept(ctx, request), stored.transfer_syntax, ctx.retrieve.can_transcode)
     ts = choice.transfer_syntax or stored.transfer_syntax
     data = await ctx.retrieve.frames(stored, numbers, ts)
-    boundary = new_boundary()
-    writer = MultipartWriter(boundary)
     base = str(request.url).split("?")[0].rsplit("/frames/", 1)[0]
-    chunks: list[bytes] = []
-    for number, frame in zip(numbers, data, strict=True):
-        chunks.append(writer.part_header(
-            f"{choice.media_type}; transfer-syntax={ts}",
-            {"Content-Location": f"{base}/frames/{number}", "Content-Length": str(len(frame))},
-        ))
-        chunks.append(frame)
-        chunks.append(writer.part_end())
-    chunks.append(writer.close())
-    media = multipart_related_type(choice.media_type, boundary)
-    return Response(b"".join(chunks), headers={"Content-Type": media})
+    locations = [f"{base}/frames/{n}" for n in numbers]
+    return _multipart(data, f"{choice.media_type}; transfer-syntax={ts}", choice.media_type, locations)
 
 
 async def bulkdata(ctx: DicomwebContext, request: Request) -> Response:
-    """A value issued as a BulkDataURI in the metadata (§10.4.1.1.5)."""
+    """A value issued as a BulkDataURI in the metadata (§10.4.1.1.5); Pixel Data one frame per part."""
     path = request.path_params["path"]
     stored = await ctx.retrieve.instance(scope_of(request), principal_of(request))
+    location = str(request.url).split("?")[0]
     if path.strip("/").upper() in ("7FE00010", "7FE00008", "7FE00009"):
         if stored.number_of_frames == 0:
             raise NotFound("this instance has no pixel data")
         choice = choose_frames(_accept(ctx, request), stored.transfer_syntax, ctx.retrieve.can_transcode)
         ts = choice.transfer_syntax or stored.transfer_syntax
         data = await ctx.retrieve.frames(stored, range(1, stored.number_of_frames + 1), ts)
-        media_type = choice.media_type
-    else:
-        data = [await ctx.retrieve.bulkdata(stored, path)]
-        media_type, ts = "application/octet-stream", None
+        return _multipart(data, f"{choice.media_type}; transfer-syntax={ts}", choice.media_type,
+                          [location] * stored.number_of_frames)
+    value = await ctx.retrieve.bulkdata(stored, path)
+    return _multipart(_one(value), "application/octet-stream", "application/octet-stream", [location])
+
+
+async def _one(value: bytes) -> AsyncIterator[bytes]:
+    yield value
+
+
+def _multipart(parts: AsyncIterator[bytes], part_type: str, media_type: str, locations: list[str]) -> Response:
+    """Stream parts as multipart/related, each with its Content-Location and Content-Length."""
     boundary = new_boundary()
     writer = MultipartWriter(boundary)
-    location = str(request.url).split("?")[0]
-    content_type = media_type + (f"; transfer-syntax={ts}" if ts else "")
-    chunks: list[bytes] = []
-    for value in data:
-        chunks += [writer.part_header(content_type, {"Content-Location": location,
-                                                     "Content-Length": str(len(value))}),
-                   value, writer.part_end()]
-    chunks.append(writer.close())
-    return Response(b"".join(chunks), headers={"Content-Type": multipart_related_type(media_type, boundary)})
+
+    async def body() -> AsyncIterator[bytes]:
+        index = 0
+        async for part in parts:
+            yield writer.part_header(part_type, {"Content-Location": locations[index],
+                                                 "Content-Length": str(len(part))})
+            yield part
+            yield writer.part_end()
+            index += 1
+        yield writer.close()
+
+    return StreamingResponse(body(), headers={"Content-Type": multipart_related_type(media_type, boundary)})
 
 
 def _frame_param(request: Request) -> int:
