@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class DicomwebSettings(BaseModel):
@@ -90,8 +90,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Overrides first, then the environment; the config file arrives as init kwargs of lower
-        # priority through ``load_settings`` (merged below the overrides).
+        # Overrides first, then the environment; ``load_settings`` adds the config file below both.
         return (init_settings, env_settings)
 
     def resolved_database_url(self) -> str:
@@ -115,16 +114,27 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from defaults < config file < environment < overrides (None overrides are ignored)."""
-    import os
+    """Settings from defaults < config file < environment < overrides (None overrides are ignored).
 
+    Sources are deep-merged, so ``PACSBRIDGE_DICOMWEB__ROOT`` changes only that key of a file's
+    ``dicomweb:`` section.
+    """
     file_values = read_config_file(config_file) if config_file else {}
     given = {k: v for k, v in overrides.items() if v is not None}
-    # The environment beats the file: drop file keys that an environment variable sets.
-    env_keys = {k[len("PACSBRIDGE_"):].split("__")[0].lower() for k in os.environ if k.startswith("PACSBRIDGE_")}
-    merged = {k: v for k, v in file_values.items() if k not in env_keys}
-    merged.update(given)
-    return Settings(**merged)
+
+    class FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
+
+    return FromFile(**given)
 
 
 def masked(settings: Settings) -> dict[str, Any]:

@@ -42,3 +42,11 @@ def test_unknown_settings_are_errors(tmp_path: Path) -> None:
     config.write_text("prot: 1\n")
     with pytest.raises(ValueError, match="prot"):
         load_settings(config)
+
+
+def test_environment_changes_one_key_of_a_file_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("dicomweb:\n  root: /from-file\n  qido_max_limit: 7\n")
+    monkeypatch.setenv("PACSBRIDGE_DICOMWEB__ROOT", "/from-env")
+    s = load_settings(config)
+    assert (s.dicomweb.root, s.dicomweb.qido_max_limit) == ("/from-env", 7)
