@@ -20,7 +20,7 @@ from .adapters.auth import AccessMiddleware, open_access
 from .adapters.dicomweb.context import DicomwebConfig, DicomwebContext
 from .adapters.dicomweb.errors import handle_domain_error
 from .adapters.dicomweb.routes import routes as dicomweb_routes
-from .adapters.http import CrossOriginResourcePolicy, cors_middleware, health
+from .adapters.http import AccessLog, CrossOriginResourcePolicy, cors_middleware, health
 from .backends.local import LocalArchive
 from .domain.access import Principal
 from .domain.errors import PacsbridgeError
@@ -76,6 +76,7 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
             await services.archive.close()
 
     middleware = [
+        Middleware(AccessLog),
         *cors_middleware(settings.cors.allow_origins, settings.cors.allow_credentials, settings.cors.max_age),
         *([Middleware(CrossOriginResourcePolicy)] if settings.cors.cross_origin_isolation else []),
         Middleware(AccessMiddleware, resolve=open_access(OPERATOR)),

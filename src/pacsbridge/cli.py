@@ -35,8 +35,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = build_app(settings)
     print(f"pacsbridge: DICOMweb at http://{settings.host}:{settings.port}{settings.dicomweb.root} "
           f"(data in {settings.data_dir.resolve()})", file=sys.stderr)
+    # access_log=False: uvicorn would log query strings (patient names); adapters/http.AccessLog doesn't.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                proxy_headers=True)
+                proxy_headers=True, access_log=False)
     return 0
 
 

@@ -124,3 +124,32 @@ def test_serve_runs_the_embedded_default(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_logs_at_info_carry_no_patient_data(tmp_path: Path) -> None:
+    """A QIDO search by name and a STOW of a named patient leave no name or ID in the log."""
+    from ..support.http import stow_body
+
+    port = free_port()
+    proc = subprocess.Popen([*PACSBRIDGE, "serve", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        body, content_type = stow_body([instance(PatientName="Geheim^Gertrud", PatientID="SECRET-4711")])
+        assert httpx.post(base + "/dicomweb/studies", content=body,
+                          headers={"Content-Type": content_type}).status_code == 200
+        assert httpx.get(base + "/dicomweb/studies?PatientName=Geheim*&PatientID=SECRET-4711").status_code == 200
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=20)
+    assert "GET /dicomweb/studies 200" in output  # the access log is there ...
+    assert "Geheim" not in output and "SECRET-4711" not in output  # ... without patient data

@@ -1,6 +1,9 @@
-"""HTTP concerns shared by every door: CORS, cross-origin isolation headers, health."""
+"""HTTP concerns shared by every door: CORS, cross-origin isolation headers, access log, health."""
 
 from __future__ import annotations
+
+import logging
+import time
 
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -29,6 +32,40 @@ class CrossOriginResourcePolicy:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+access_log = logging.getLogger("pacsbridge.access")
+
+
+class AccessLog:
+    """One line per request: method, path, status, bytes, milliseconds — never the query string, which
+    carries patient names and IDs in QIDO searches (uvicorn's own access log is turned off)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+        sent = 0
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            access_log.info("%s %s %s %d %dB %.1fms", client[0], scope["method"], scope["path"], status, sent,
+                            (time.perf_counter() - started) * 1000)
 
 
 def cors_middleware(origins: list[str], allow_credentials: bool, max_age: int) -> list[Middleware]:
