@@ -26,6 +26,18 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) 
                           env={**os.environ, **(env or {})}, cwd=cwd)
 
 
+def wait_for_health(proc: subprocess.Popen[str], base: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(base + "/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.2)
+
+
 def study_files(folder: Path, count: int = 3) -> tuple[str, list[Path]]:
     study, series = generate_uid(), generate_uid()
     return study, [write(instance(study, series, number=n), folder) for n in range(1, count + 1)]
@@ -110,15 +122,7 @@ def test_serve_runs_the_embedded_default(tmp_path: Path) -> None:
     proc = subprocess.Popen([*PACSBRIDGE, "serve", "--port", str(port)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+        wait_for_health(proc, f"http://127.0.0.1:{port}")
         assert httpx.get(f"http://127.0.0.1:{port}/dicomweb/studies").status_code == 204
         assert (tmp_path / "pacsbridge-data" / "index.sqlite").exists()
     finally:
@@ -135,15 +139,7 @@ def test_logs_at_info_carry_no_patient_data(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_for_health(proc, base)
         body, content_type = stow_body([instance(PatientName="Geheim^Gertrud", PatientID="SECRET-4711")])
         assert httpx.post(base + "/dicomweb/studies", content=body,
                           headers={"Content-Type": content_type}).status_code == 200

@@ -39,18 +39,10 @@ class BlobStore:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{sop_uid}.{secrets.token_hex(4)}.dcm"
         if self.fsync:
-            fd = os.open(spooled, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(spooled)
         os.rename(spooled, target)
         if self.fsync:
-            dir_fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync(folder)  # the rename itself is durable only once the folder is
         return target
 
     def remove(self, path: Path | str) -> None:
@@ -89,3 +81,11 @@ class BlobStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
