@@ -1,0 +1,1 @@
+"""Benchmarks: pacsbridge against independent DICOMweb servers on the same machine, same run."""

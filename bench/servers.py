@@ -1,0 +1,142 @@
+"""The servers under test as separate processes, and what /proc says about them (RSS, CPU time).
+
+pacsbridge runs as ``pacsbridge serve`` (its defaults: SQLite index, fsync'd files, log level info);
+Orthanc through ``tests.support.orthanc`` (its defaults: fsync'd storage area, SQLite index). Both
+listen on 127.0.0.1 only as far as the benchmark is concerned; every request goes to loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from tests.support.orthanc import orthanc
+from tests.support.servers import free_port
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One server under test: its DICOMweb root and its process."""
+
+    name: str
+    dicomweb: str
+    pid: int
+    workdir: Path
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as fp:
+        return int(fp.read().split()[1]) * PAGE
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM: the most the process has had resident since start or the last ``reset_peak``."""
+    with open(f"/proc/{pid}/status") as fp:
+        for line in fp:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0; needs to own the process)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fp:
+            fp.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of every thread of the process."""
+    with open(f"/proc/{pid}/stat") as fp:
+        fields = fp.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class RssSampler:
+    """Samples a process's RSS every ``interval_s`` in a thread; ``peak`` is the largest sample."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):
+                self.peak = max(self.peak, rss_bytes(self.pid))
+                self.samples += 1
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer in time")
+
+
+@contextlib.contextmanager
+def pacsbridge(parent: Path, env: Mapping[str, str] | None = None) -> Iterator[Target]:
+    """``pacsbridge serve`` with a fresh data folder on a free loopback port, stopped on exit."""
+    workdir = Path(tempfile.mkdtemp(prefix="pacsbridge-bench-", dir=parent))
+    port = free_port()
+    exe = Path(sys.executable).with_name("pacsbridge")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PACSBRIDGE_")}
+    environment.update(env or {})
+    with open(workdir / "pacsbridge.log", "wb") as log:
+        process = subprocess.Popen(
+            [str(exe), "serve", "--data-dir", str(workdir / "data"), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment, cwd=workdir,
+        )
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/health", process, 60)
+        yield Target("pacsbridge", f"http://127.0.0.1:{port}/dicomweb", process.pid, workdir)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def orthanc_target(parent: Path) -> Iterator[Target]:
+    """Debian Orthanc + DICOMweb plugin with a fresh storage folder, stopped on exit."""
+    with orthanc(parent=parent) as server:
+        yield Target("Orthanc", server.dicomweb, server.pid, server.workdir)
