@@ -208,3 +208,24 @@ async def test_character_sets_are_decoded(archive: LocalArchive, tmp_path: Path)
     page = await archive.search(Query(Level.STUDY, (single("00100010", "PN", "GOSSMANN^ZOE"),)))
     assert uids(page.results) == {study}
     assert page.results[0]["00100010"]["Value"][0]["Alphabetic"] == "Gößmann^Zoë"
+
+
+async def test_counts_follow_replacements_and_deletes(archive: LocalArchive, tmp_path: Path) -> None:
+    """An instance moved to another series by a replacement, then deleted, keeps the counts true."""
+    study, series_a, series_b = generate_uid(), generate_uid(), generate_uid()
+    _, _, sop = await put(archive, tmp_path, study_uid=study, series_uid=series_a, Modality="CT")
+    await put(archive, tmp_path, study_uid=study, series_uid=series_a, number=2, Modality="CT")
+    moved = instance(study, series_b, SOPInstanceUID=sop, Modality="MR")
+    moved.file_meta.MediaStorageSOPInstanceUID = sop
+    path = write(moved, tmp_path / "moved")
+    await archive.store(path, record_of(path))
+
+    async def study_row() -> dict:
+        (result,) = (await archive.search(Query(Level.STUDY))).results
+        return result
+
+    row = await study_row()
+    assert (row["00201206"]["Value"], row["00201208"]["Value"], row["00080061"]["Value"]) == ([2], [2], ["CT", "MR"])
+    await archive.delete(Scope(study, series_b))
+    row = await study_row()
+    assert (row["00201206"]["Value"], row["00201208"]["Value"], row["00080061"]["Value"]) == ([1], [1], ["CT"])

@@ -50,3 +50,26 @@ def test_a_newer_database_is_refused(db_url: str) -> None:
         conn.execute(text("UPDATE schema_version SET version = 99"))
     with pytest.raises(RuntimeError, match="newer than this pacsbridge"):
         migrate(engine)
+
+
+def test_version_2_computes_counts_for_studies_stored_under_version_1(db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine, MIGRATIONS[:1])
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO studies (study_uid, attributes, updated_at) VALUES ('1.2', '{}', 'x')"))
+        for series, modality in (("1.2.1", "CT"), ("1.2.2", "SR")):
+            conn.execute(text("INSERT INTO series (series_uid, study_uid, modality, attributes) "
+                              "VALUES (:s, '1.2', :m, '{}')"), {"s": series, "m": modality})
+        ct, sr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.88.11"
+        for n, series in enumerate(("1.2.1", "1.2.1", "1.2.2")):
+            conn.execute(text(
+                "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid, transfer_syntax, "
+                "number_of_frames, path, size, attributes, metadata, stored_at) VALUES "
+                "(:sop, :series, '1.2', :cls, '1.2.840.10008.1.2.1', 1, 'p', 1, '{}', '{}', 'x')"),
+                {"sop": f"1.2.9.{n}", "series": series, "cls": ct if n < 2 else sr})
+    assert migrate(engine) == (1, len(MIGRATIONS))
+    with engine.connect() as conn:
+        study = conn.execute(text("SELECT num_series, num_instances, modalities, sop_classes FROM studies")).one()
+        series = dict(conn.execute(text("SELECT series_uid, num_instances FROM series")).all())
+    assert tuple(study) == (2, 3, "CT\\SR", "1.2.840.10008.5.1.4.1.1.2\\1.2.840.10008.5.1.4.1.1.88.11")
+    assert series == {"1.2.1": 2, "1.2.2": 1}

@@ -23,7 +23,7 @@ from ..domain.model import InstanceRecord, InstanceRef, Level, Scope, StoredInst
 from ..domain.query import Query
 from ..services.ports import SearchPage
 from .blobs import BlobStore
-from .sql import schema
+from .sql import counts, schema
 from .sql import search as sql_search
 from .sql.migrations import migrate
 
@@ -118,7 +118,10 @@ class LocalArchive:
                 "metadata": record.metadata, "stored_at": now,
             })
             if old is not None and old.series_uid != ref.series_uid:
-                _drop_empty_parents(conn, old.series_uid)
+                old_study = _drop_empty_parents(conn, old.series_uid)
+                if old_study is not None and old_study != ref.study_uid:
+                    counts.refresh_study(conn, old_study)
+            counts.refresh_study(conn, ref.study_uid)
         return None if old is None else str(old.path)
 
     # --- search and retrieve --------------------------------------------------------------------
@@ -201,6 +204,9 @@ class LocalArchive:
                 conn.execute(delete(inst).where(inst.c.sop_uid.in_([r.sop_uid for r in rows])))
                 for series_uid in {r.series_uid for r in rows}:
                     _drop_empty_parents(conn, series_uid)
+                if conn.execute(select(schema.studies.c.study_uid)
+                                .where(schema.studies.c.study_uid == scope.study_uid)).first():
+                    counts.refresh_study(conn, scope.study_uid)
             for row in rows:
                 self.blobs.remove(self.blobs.absolute(row.path))
             return len(rows)
@@ -211,17 +217,21 @@ class LocalArchive:
         await anyio.to_thread.run_sync(self.engine.dispose)
 
 
-def _drop_empty_parents(conn: Connection, series_uid: str) -> None:
+def _drop_empty_parents(conn: Connection, series_uid: str) -> str | None:
+    """Remove a series left without instances, and its study if that is left empty; returns the study
+    UID when the study still exists (its counts need a refresh)."""
     inst, se, st = schema.instances, schema.series, schema.studies
+    study_uid = conn.execute(select(se.c.study_uid).where(se.c.series_uid == series_uid)).scalar()
     left = conn.execute(select(func.count()).where(inst.c.series_uid == series_uid)).scalar_one()
     if left:
-        return
-    study_uid = conn.execute(select(se.c.study_uid).where(se.c.series_uid == series_uid)).scalar()
+        return study_uid
     conn.execute(delete(se).where(se.c.series_uid == series_uid))
     if study_uid is not None:
         remaining = conn.execute(select(func.count()).where(se.c.study_uid == study_uid)).scalar_one()
         if not remaining:
             conn.execute(delete(st).where(st.c.study_uid == study_uid))
+            return None
+    return study_uid
 
 
 def _dump(attributes: dict[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 Rules:
 1. ``MIGRATIONS[n]`` turns a version-n database into version n+1; version 0 is an empty database.
-2. Steps are append-only: a released step is never edited, a fix is a new step.
+   A fresh database walks the same steps as an old one, so there is one path to test.
+2. Steps are frozen: a released step is never edited (it creates or alters tables with its own DDL,
+   never with ``schema.py``, which describes only the newest shape); a fix is a new step.
 3. Each step runs in its own transaction together with the version bump.
 """
 
@@ -10,7 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+    text,
+)
 
 from . import schema
 
@@ -18,10 +34,74 @@ Step = Callable[[Connection], None]
 
 
 def _create_v1(conn: Connection) -> None:
-    schema.metadata.create_all(conn, tables=[schema.studies, schema.series, schema.instances])
+    """Studies, series and instances with their matching columns and DICOM JSON attributes."""
+    v1 = MetaData()
+    studies = Table(
+        "studies", v1,
+        Column("study_uid", String(64), primary_key=True),
+        Column("patient_id", String(64)), Column("issuer_of_patient_id", String(64)),
+        Column("patient_name", String(400)), Column("patient_name_tokens", String(420)),
+        Column("patient_birth_date", String(8)), Column("patient_sex", String(16)),
+        Column("study_date", String(8)), Column("study_time", String(13)),
+        Column("accession_number", String(16)),
+        Column("referring_physician_name", String(400)), Column("referring_physician_name_tokens", String(420)),
+        Column("study_id", String(16)), Column("study_description", String(64)),
+        Column("attributes", Text, nullable=False), Column("updated_at", String(32), nullable=False),
+    )
+    Index("ix_studies_patient_id", studies.c.patient_id)
+    Index("ix_studies_patient_name", studies.c.patient_name)
+    Index("ix_studies_study_date", studies.c.study_date)
+    Index("ix_studies_accession", studies.c.accession_number)
+    series = Table(
+        "series", v1,
+        Column("series_uid", String(64), primary_key=True),
+        Column("study_uid", String(64), ForeignKey("studies.study_uid", ondelete="CASCADE"), nullable=False),
+        Column("modality", String(16)), Column("series_number", Integer),
+        Column("series_description", String(64)), Column("series_date", String(8)),
+        Column("body_part_examined", String(16)), Column("pps_start_date", String(8)),
+        Column("pps_start_time", String(13)), Column("attributes", Text, nullable=False),
+    )
+    Index("ix_series_study", series.c.study_uid)
+    Index("ix_series_modality", series.c.modality)
+    instances = Table(
+        "instances", v1,
+        Column("sop_uid", String(64), primary_key=True),
+        Column("series_uid", String(64), ForeignKey("series.series_uid", ondelete="CASCADE"), nullable=False),
+        Column("study_uid", String(64), nullable=False), Column("sop_class_uid", String(64), nullable=False),
+        Column("instance_number", Integer), Column("transfer_syntax", String(64), nullable=False),
+        Column("number_of_frames", Integer, nullable=False), Column("path", String(1024), nullable=False),
+        Column("size", Integer, nullable=False), Column("attributes", Text, nullable=False),
+        Column("metadata", Text, nullable=False), Column("stored_at", String(32), nullable=False),
+    )
+    Index("ix_instances_series", instances.c.series_uid, instances.c.instance_number)
+    Index("ix_instances_study", instances.c.study_uid)
+    Index("ix_instances_sop_class", instances.c.sop_class_uid)
+    v1.create_all(conn)
 
 
-MIGRATIONS: Sequence[Step] = (_create_v1,)
+def _counts_v2(conn: Connection) -> None:
+    """Keep the computed QIDO attributes in the rows (counts, modalities, SOP classes in study).
+
+    A search then reads one row per match instead of aggregating over instances for every page.
+    """
+    for statement in (
+        "ALTER TABLE studies ADD COLUMN num_series INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE studies ADD COLUMN num_instances INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE studies ADD COLUMN modalities TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE studies ADD COLUMN sop_classes TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE series ADD COLUMN num_instances INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX ix_series_study_modality ON series (study_uid, modality)",
+        "CREATE INDEX ix_instances_study_sop_class ON instances (study_uid, sop_class_uid)",
+        "CREATE INDEX ix_studies_sort ON studies (study_date, study_time, study_uid)",
+    ):
+        conn.execute(text(statement))
+    from .counts import refresh_study
+
+    for study_uid in conn.execute(text("SELECT study_uid FROM studies")).scalars().all():
+        refresh_study(conn, study_uid)
+
+
+MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2)
 
 
 def current_version(conn: Connection) -> int:

@@ -1,4 +1,5 @@
-"""Tables of the index. Columns hold what QIDO matches on; JSON text holds what it returns.
+"""Tables of the index (the newest shape; ``migrations.py`` builds it). Columns hold what QIDO
+matches on; JSON text holds what it returns; counts and modalities are kept by ``counts.py``.
 
 Matching columns are stored in comparable form (``domain.query.normalize_for``): dates as YYYYMMDD,
 times padded to HHMMSS.FFFFFF, person names folded to upper case without accents, plus a token column
@@ -34,6 +35,10 @@ studies = Table(
     Column("study_description", String(64)),
     Column("attributes", Text, nullable=False),
     Column("updated_at", String(32), nullable=False),
+    Column("num_series", Integer, nullable=False, server_default="0"),
+    Column("num_instances", Integer, nullable=False, server_default="0"),
+    Column("modalities", Text, nullable=False, server_default=""),
+    Column("sop_classes", Text, nullable=False, server_default=""),
 )
 Index("ix_studies_patient_id", studies.c.patient_id)
 Index("ix_studies_patient_name", studies.c.patient_name)
@@ -52,6 +57,7 @@ series = Table(
     Column("pps_start_date", String(8)),
     Column("pps_start_time", String(13)),
     Column("attributes", Text, nullable=False),
+    Column("num_instances", Integer, nullable=False, server_default="0"),
 )
 Index("ix_series_study", series.c.study_uid)
 Index("ix_series_modality", series.c.modality)

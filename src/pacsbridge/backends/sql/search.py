@@ -34,6 +34,7 @@ from ...domain.levels import level_of
 from ...domain.model import DicomJson, Level
 from ...domain.query import Match, MatchKind, Query, fuzzy_words, matches_all, name_tokens, normalize_for
 from . import schema
+from .counts import split
 
 
 @dataclass(frozen=True)
@@ -141,10 +142,12 @@ def plan(query: Query) -> Plan:
     """The SQL statement (without paging) and the matches left to Python."""
     st, se, inst = schema.studies, schema.series, schema.instances
     level = query.level
-    columns: list[Any] = [st.c.study_uid, st.c.attributes.label("study_attrs")]
+    columns: list[Any] = [st.c.study_uid, st.c.attributes.label("study_attrs"), st.c.num_series,
+                          st.c.num_instances.label("study_instances"), st.c.modalities, st.c.sop_classes]
     source: Any = st
     if level >= Level.SERIES:
-        columns += [se.c.series_uid, se.c.attributes.label("series_attrs")]
+        columns += [se.c.series_uid, se.c.attributes.label("series_attrs"),
+                    se.c.num_instances.label("series_instances")]
         source = source.join(se, se.c.study_uid == st.c.study_uid)
     if level is Level.INSTANCE:
         columns += [inst.c.sop_uid, inst.c.attributes.label("instance_attrs")]
@@ -193,58 +196,21 @@ def plan(query: Query) -> Plan:
 
 
 def _merge(row: Any, level: Level) -> DicomJson:
+    """One result: the attributes of its level and those above, plus the computed ones (kept in the
+    rows by ``counts.py``): counts, ModalitiesInStudy, SOPClassesInStudy, InstanceAvailability."""
     merged: DicomJson = json.loads(row.study_attrs)
+    modalities = split(row.modalities)
+    merged["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
+    merged["00080061"] = {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
+    merged["00080062"] = {"vr": "UI", "Value": split(row.sop_classes)}
+    merged["00201206"] = {"vr": "IS", "Value": [row.num_series]}
+    merged["00201208"] = {"vr": "IS", "Value": [row.study_instances]}
     if level >= Level.SERIES:
         merged.update(json.loads(row.series_attrs))
+        merged["00201209"] = {"vr": "IS", "Value": [row.series_instances]}
     if level is Level.INSTANCE:
         merged.update(json.loads(row.instance_attrs))
     return merged
-
-
-def _is(value: int) -> dict[str, Any]:
-    return {"vr": "IS", "Value": [value]}
-
-
-def add_computed(conn: Connection, level: Level, results: list[DicomJson]) -> None:
-    """Counts, ModalitiesInStudy, SOPClassesInStudy and InstanceAvailability for one page."""
-    if not results:
-        return
-    st_uids = sorted({r["0020000D"]["Value"][0] for r in results})
-    se, inst = schema.series, schema.instances
-    series_counts = dict(conn.execute(
-        select(se.c.study_uid, func.count()).where(se.c.study_uid.in_(st_uids)).group_by(se.c.study_uid)
-    ).all())
-    instance_counts = dict(conn.execute(
-        select(inst.c.study_uid, func.count()).where(inst.c.study_uid.in_(st_uids)).group_by(inst.c.study_uid)
-    ).all())
-    modalities: dict[str, set[str]] = {}
-    for uid, modality in conn.execute(
-        select(se.c.study_uid, se.c.modality).where(se.c.study_uid.in_(st_uids)).distinct()
-    ):
-        if modality:
-            modalities.setdefault(uid, set()).add(modality)
-    sop_classes: dict[str, set[str]] = {}
-    for uid, sop_class in conn.execute(
-        select(inst.c.study_uid, inst.c.sop_class_uid).where(inst.c.study_uid.in_(st_uids)).distinct()
-    ):
-        sop_classes.setdefault(uid, set()).add(sop_class)
-    per_series: dict[str, int] = {}
-    if level >= Level.SERIES:
-        se_uids = sorted({r["0020000E"]["Value"][0] for r in results})
-        per_series = dict(conn.execute(
-            select(inst.c.series_uid, func.count()).where(inst.c.series_uid.in_(se_uids))
-            .group_by(inst.c.series_uid)
-        ).all())
-    for result in results:
-        study_uid = result["0020000D"]["Value"][0]
-        result["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
-        result["00201206"] = _is(series_counts.get(study_uid, 0))
-        result["00201208"] = _is(instance_counts.get(study_uid, 0))
-        mods = sorted(modalities.get(study_uid, ()))
-        result["00080061"] = {"vr": "CS", "Value": mods} if mods else {"vr": "CS"}
-        result["00080062"] = {"vr": "UI", "Value": sorted(sop_classes.get(study_uid, ()))}
-        if level >= Level.SERIES:
-            result["00201209"] = _is(per_series.get(result["0020000E"]["Value"][0], 0))
 
 
 def run(conn: Connection, query: Query) -> tuple[list[DicomJson], int]:
@@ -267,7 +233,6 @@ def run(conn: Connection, query: Query) -> tuple[list[DicomJson], int]:
         end = None if limit is None else query.offset + limit
         page = matched[query.offset:end]
         remaining = max(0, len(matched) - query.offset - len(page))
-    add_computed(conn, query.level, page)
     return page, remaining
 
 
@@ -319,4 +284,4 @@ def _column_value(vr: str, text: str) -> Any:
     return text
 
 
-__all__: Sequence[str] = ("COLUMNS", "DERIVED", "add_computed", "index_values", "plan", "run")
+__all__: Sequence[str] = ("COLUMNS", "DERIVED", "index_values", "plan", "run")
