@@ -120,8 +120,9 @@ class LocalArchive:
             if old is not None and old.series_uid != ref.series_uid:
                 old_study = _drop_empty_parents(conn, old.series_uid)
                 if old_study is not None and old_study != ref.study_uid:
-                    counts.refresh_study(conn, old_study)
-            counts.refresh_study(conn, ref.study_uid)
+                    counts.refresh_study(conn, old_study, [old.series_uid])
+            moved_from = [old.series_uid] if old is not None and old.series_uid != ref.series_uid else []
+            counts.refresh_study(conn, ref.study_uid, [ref.series_uid, *moved_from])
         return None if old is None else str(old.path)
 
     # --- search and retrieve --------------------------------------------------------------------

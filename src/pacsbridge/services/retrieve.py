@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -25,7 +26,9 @@ from ..formats import render as renderer
 from ..formats import transcode as transcoder
 from .ports import Archive
 
-CHUNK = 1 << 20
+CHUNK = 4 << 20  # files up to this size are read in one worker call, larger ones in such chunks
+SMALL_FRAME_REQUEST = 8  # frames read together in one worker call
+PIXEL_INFO_CACHE = 4096
 
 
 class RetrieveService:
@@ -34,6 +37,8 @@ class RetrieveService:
     def __init__(self, archive: Archive, scratch_dir: Path | None = None) -> None:
         self.archive = archive
         self.scratch_dir = scratch_dir
+        self._pixel_infos: dict[str, frame_codec.PixelInfo] = {}
+        self._cache_lock = threading.Lock()
 
     async def _check_study(self, study_uid: str, principal: Principal) -> None:
         if principal.patient_ids is None:
@@ -88,15 +93,36 @@ class RetrieveService:
 
     # --- frames, bulk data, rendered ------------------------------------------------------------
 
+    def _pixel_info(self, path: str, fp: BinaryIO) -> frame_codec.PixelInfo:
+        """PixelInfo by path, cached: a stored file's name changes whenever its content does."""
+        info = self._pixel_infos.get(path)
+        if info is None:
+            info = frame_codec.pixel_info(fp)
+            with self._cache_lock:  # worker threads share the cache
+                if len(self._pixel_infos) >= PIXEL_INFO_CACHE:
+                    self._pixel_infos.pop(next(iter(self._pixel_infos)))
+                self._pixel_infos[path] = info
+        return info
+
     async def frames(self, stored: StoredInstance, numbers: Sequence[int], wanted_ts: str) -> AsyncIterator[bytes]:
-        """Frames (1-based) in ``wanted_ts``, one at a time, so a 1 GB object never sits in memory.
+        """Frames (1-based) in ``wanted_ts``; a few at once in one worker call, many one at a time,
+        so a 1 GB object never sits in memory.
 
         Frame numbers are checked before the first frame is produced (NotFound when out of range), so
         a caller can still answer 404 instead of a broken multipart body.
         """
+        if len(numbers) <= SMALL_FRAME_REQUEST:
+            def read_all() -> list[bytes]:
+                with open(stored.path, "rb") as fp:
+                    info = self._pixel_info(stored.path, fp)
+                    return [frame_codec.frame_as(f, info, wanted_ts)
+                            for f in frame_codec.read_frames(fp, numbers, info)]
+
+            return _iterate(await anyio.to_thread.run_sync(read_all))
+
         fp = await anyio.to_thread.run_sync(open, stored.path, "rb")
         try:
-            info = await anyio.to_thread.run_sync(frame_codec.pixel_info, fp)
+            info = await anyio.to_thread.run_sync(self._pixel_info, stored.path, fp)
             raw = await anyio.to_thread.run_sync(frame_codec.read_frames, fp, numbers, info)
 
             def next_frame() -> bytes | None:
@@ -136,15 +162,30 @@ class RetrieveService:
 
 
 async def _read_file(path: str | os.PathLike[str]) -> AsyncIterator[bytes]:
-    fp = await anyio.to_thread.run_sync(open, path, "rb")
+    """A file in chunks of CHUNK bytes; a small file costs one worker call, open to close."""
+    def first_chunk() -> tuple[bytes, BinaryIO | None]:
+        fp = open(path, "rb")  # noqa: SIM115 - closed below or handed on
+        data = fp.read(CHUNK)
+        if len(data) < CHUNK:
+            fp.close()
+            return data, None
+        return data, fp
+
+    data, fp = await anyio.to_thread.run_sync(first_chunk)
+    if fp is None:
+        yield data
+        return
     try:
-        while True:
-            chunk = await anyio.to_thread.run_sync(fp.read, CHUNK)
-            if not chunk:
-                break
-            yield chunk
+        while data:
+            yield data
+            data = await anyio.to_thread.run_sync(fp.read, CHUNK)
     finally:
         fp.close()
+
+
+async def _iterate(items: list[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
 
 
 def _transcode_file(src: str, dst: str, wanted_ts: str) -> None:

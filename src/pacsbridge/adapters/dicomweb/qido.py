@@ -5,9 +5,9 @@ See: PS3.18 §10.6 (Search transaction), §8.3.4 (query parameters), §8.3.4.4.1
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -65,5 +65,6 @@ async def search(ctx: DicomwebContext, request: Request) -> Response:
         url = _retrieve_url(base, level, result)
         if url:
             result["00081190"] = {"vr": "UR", "Value": [url]}
-    body = json.dumps([dict(sorted(r.items())) for r in page.results], ensure_ascii=False, separators=(",", ":"))
-    return Response(body.encode("utf-8"), media_type="application/dicom+json", headers=headers)
+    # project() sorted the keys; RetrieveURL (0008,1190) was added last, so sort once more.
+    body = orjson.dumps(page.results, option=orjson.OPT_SORT_KEYS)
+    return Response(body, media_type="application/dicom+json", headers=headers)

@@ -7,6 +7,8 @@ does. Each refresh reads covering indexes only, so it stays cheap for large stud
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import Connection, func, select, update
 
 from . import schema
@@ -18,7 +20,8 @@ def refresh_series(conn: Connection, series_uid: str) -> None:
     conn.execute(update(se).where(se.c.series_uid == series_uid).values(num_instances=count))
 
 
-def refresh_study(conn: Connection, study_uid: str) -> None:
+def refresh_study(conn: Connection, study_uid: str, series_uids: Iterable[str] | None = None) -> None:
+    """Recount a study, and the given series of it (None: every series of it)."""
     inst, se, st = schema.instances, schema.series, schema.studies
     modalities = conn.execute(
         select(se.c.modality).where(se.c.study_uid == study_uid, se.c.modality.is_not(None)).distinct()
@@ -26,7 +29,9 @@ def refresh_study(conn: Connection, study_uid: str) -> None:
     sop_classes = conn.execute(
         select(inst.c.sop_class_uid).where(inst.c.study_uid == study_uid).distinct()
     ).scalars().all()
-    for series_uid in conn.execute(select(se.c.series_uid).where(se.c.study_uid == study_uid)).scalars():
+    if series_uids is None:
+        series_uids = conn.execute(select(se.c.series_uid).where(se.c.study_uid == study_uid)).scalars().all()
+    for series_uid in series_uids:
         refresh_series(conn, series_uid)
     conn.execute(update(st).where(st.c.study_uid == study_uid).values(
         num_series=select(func.count()).where(se.c.study_uid == study_uid).scalar_subquery(),

@@ -11,11 +11,11 @@ Rules:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -198,7 +198,7 @@ def plan(query: Query) -> Plan:
 def _merge(row: Any, level: Level) -> DicomJson:
     """One result: the attributes of its level and those above, plus the computed ones (kept in the
     rows by ``counts.py``): counts, ModalitiesInStudy, SOPClassesInStudy, InstanceAvailability."""
-    merged: DicomJson = json.loads(row.study_attrs)
+    merged: DicomJson = orjson.loads(row.study_attrs)
     modalities = split(row.modalities)
     merged["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
     merged["00080061"] = {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
@@ -206,10 +206,10 @@ def _merge(row: Any, level: Level) -> DicomJson:
     merged["00201206"] = {"vr": "IS", "Value": [row.num_series]}
     merged["00201208"] = {"vr": "IS", "Value": [row.study_instances]}
     if level >= Level.SERIES:
-        merged.update(json.loads(row.series_attrs))
+        merged.update(orjson.loads(row.series_attrs))
         merged["00201209"] = {"vr": "IS", "Value": [row.series_instances]}
     if level is Level.INSTANCE:
-        merged.update(json.loads(row.instance_attrs))
+        merged.update(orjson.loads(row.instance_attrs))
     return merged
 
 
