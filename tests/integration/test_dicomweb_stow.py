@@ -122,3 +122,15 @@ def test_single_part_application_dicom_body(server: RunningServer) -> None:
                    headers={"Content-Type": "application/dicom", **JSON})
     assert r.status_code == 200
     assert r.json()["00081199"]["Value"][0]["00081155"]["Value"] == [ds.SOPInstanceUID]
+
+
+def test_a_body_over_the_configured_limit_is_413(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pacsbridge.settings import Settings
+
+    from ..support.servers import serve
+
+    settings = Settings(data_dir=tmp_path / "d", storage={"fsync": False}, dicomweb={"stow_max_bytes": 4096})
+    with serve(settings) as small:
+        r = post(small, [instance(rows=64, columns=64)])
+        assert r.status_code == 413
+        assert files_in(small) == [] and not spool_leftovers(small)

@@ -3,8 +3,9 @@
 See: PS3.18 §10.5 (Store transaction), Annex I (Store Instances Response Module), Table 10.5.3-1.
 
 Rules:
-1. The body is parsed as it arrives; each part is written to a spool file and stored before the next
-   part is read, so memory stays bounded whatever the body size.
+1. The body is parsed as it arrives; each part is written to a spool file and handed to a bounded
+   pipeline (PIPELINE parts at most) that validates and stores it while the next part is received, so
+   memory stays bounded whatever the body size. Results keep the parts' order.
 2. Each part is stored or reported in FailedSOPSequence with its reason; a failed part leaves no file
    and no index row.
 3. 200 when all parts are stored; 202 when some failed; 409 when none was stored; 400 when the body
@@ -17,10 +18,13 @@ import json
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ...domain.errors import InvalidInput, TooLarge
+from ...domain.errors import InvalidInput, PacsbridgeError, TooLarge
 from ...domain.model import Origin
 from ...domain.store import FailureReason, StoreResult
 from ...formats.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_content_type
@@ -28,6 +32,7 @@ from .context import DicomwebContext, principal_of
 from .errors import error_response
 
 WRITE_BUFFER = 1 << 20
+PIPELINE = 3  # parts being validated and stored while the next one is received
 
 
 def _item(sop_class: str, sop: str) -> dict[str, Any]:
@@ -72,7 +77,7 @@ def response_dataset(results: list[StoreResult], base: str, other_failures: list
 
 
 class _PartSink:
-    """Writes the current part to a spool file with a small write buffer."""
+    """Writes the current part to a spool file, in 1 MiB writes done by a worker thread."""
 
     def __init__(self, ctx: DicomwebContext) -> None:
         self.ctx = ctx
@@ -81,21 +86,26 @@ class _PartSink:
         self.buffer = bytearray()
         self.acceptable = True
 
-    def open(self, acceptable: bool) -> None:
+    async def open(self, acceptable: bool) -> None:
         self.acceptable = acceptable
-        self.path, self.fp = self.ctx.ingest.new_spool_file()
+        self.path, self.fp = await anyio.to_thread.run_sync(self.ctx.ingest.new_spool_file)
 
-    def write(self, data: bytes) -> None:
+    async def write(self, data: bytes) -> None:
         self.buffer += data
         if len(self.buffer) >= WRITE_BUFFER and self.fp is not None:
-            self.fp.write(self.buffer)
-            self.buffer.clear()
+            chunk, self.buffer = bytes(self.buffer), bytearray()
+            await anyio.to_thread.run_sync(self.fp.write, chunk)
 
-    def finish(self) -> Path:
+    async def finish(self) -> Path:
         assert self.fp is not None and self.path is not None
-        self.fp.write(self.buffer)
+        fp, rest = self.fp, bytes(self.buffer)
+
+        def close() -> None:
+            fp.write(rest)
+            fp.close()
+
+        await anyio.to_thread.run_sync(close)
         self.buffer.clear()
-        self.fp.close()
         path, self.path, self.fp = self.path, None, None
         return path
 
@@ -106,6 +116,33 @@ class _PartSink:
             self.path.unlink(missing_ok=True)
         self.path, self.fp = None, None
         self.buffer.clear()
+
+
+class _Pipeline:
+    """Stores finished parts in the background, at most PIPELINE at a time, keeping their order."""
+
+    def __init__(self, ctx: DicomwebContext, tg: TaskGroup, origin: Origin, expected_study: str | None) -> None:
+        self.ctx, self.tg, self.origin, self.expected_study = ctx, tg, origin, expected_study
+        self.results: list[StoreResult | None] = []
+        self.slots = anyio.Semaphore(PIPELINE)
+
+    async def submit(self, staged: Path) -> None:
+        index = len(self.results)
+        self.results.append(None)
+        await self.slots.acquire()
+        self.tg.start_soon(self._store, index, staged)
+
+    def fail(self, result: StoreResult) -> None:
+        self.results.append(result)
+
+    async def _store(self, index: int, staged: Path) -> None:
+        try:
+            self.results[index] = await self.ctx.ingest.store_file(staged, self.origin, self.expected_study)
+        finally:
+            self.slots.release()
+
+    def done(self) -> list[StoreResult]:
+        return [r for r in self.results if r is not None]
 
 
 async def store(ctx: DicomwebContext, request: Request) -> Response:
@@ -125,61 +162,71 @@ async def store(ctx: DicomwebContext, request: Request) -> Response:
     origin = Origin("stow-rs", request.client.host if request.client else None, principal_of(request).subject)
     parser = MultipartParser(boundary.encode("latin-1"))
     sink = _PartSink(ctx)
-    results: list[StoreResult] = []
     other_failures: list[str] = []
     received = 0
     limit = ctx.config.stow_max_bytes
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if limit and received > limit:
-                raise TooLarge(f"the STOW-RS body exceeds the configured {limit} bytes")
-            for event in parser.feed(chunk):
-                await _on_event(ctx, event, sink, results, origin, expected_study)
-        for event in parser.close():
-            await _on_event(ctx, event, sink, results, origin, expected_study)
-    except InvalidInput as exc:
-        sink.abandon()
-        if not results:
+    disconnected = False
+    # Errors are kept and raised after the task group has finished the parts already handed to it
+    # (raised inside, they would arrive wrapped in an ExceptionGroup).
+    error: PacsbridgeError | None = None
+    async with anyio.create_task_group() as tg:
+        pipeline = _Pipeline(ctx, tg, origin, expected_study)
+        try:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if limit and received > limit:
+                    raise TooLarge(f"the STOW-RS body exceeds the configured {limit} bytes")
+                for event in parser.feed(chunk):
+                    await _on_event(event, sink, pipeline)
+            for event in parser.close():
+                await _on_event(event, sink, pipeline)
+        except (InvalidInput, TooLarge) as exc:
+            # Parts stored before the body broke (or grew too large) stay stored and are reported.
+            sink.abandon()
+            if pipeline.results:
+                other_failures.append(exc.message)
+            else:
+                error = exc
+        except ClientDisconnect:
+            sink.abandon()
+            disconnected = True
+        except BaseException:
+            sink.abandon()
             raise
-        other_failures.append(exc.message)
-    except ClientDisconnect:
-        sink.abandon()
+    if error is not None:
+        raise error
+    if disconnected:
         return Response(status_code=400)
-    except BaseException:
-        sink.abandon()
-        raise
+    results = pipeline.done()
     if not results and not other_failures:
         raise InvalidInput("the request holds no parts")
     return _answer(results, other_failures, ctx.base_url(request))
 
 
-async def _on_event(ctx: DicomwebContext, event: object, sink: _PartSink, results: list[StoreResult],
-                    origin: Origin, expected_study: str | None) -> None:
+async def _on_event(event: object, sink: _PartSink, pipeline: _Pipeline) -> None:
     if isinstance(event, PartStart):
         part_media = parse_content_type(event.headers.get("content-type", "application/dicom"))[0]
-        sink.open(acceptable=part_media == "application/dicom")
+        await sink.open(acceptable=part_media == "application/dicom")
     elif isinstance(event, PartData):
-        sink.write(event.data)
+        await sink.write(event.data)
     elif isinstance(event, PartEnd):
         if not sink.acceptable:
             sink.abandon()
-            results.append(StoreResult("", "", failure=FailureReason.CANNOT_UNDERSTAND,
-                                       reason="part is not application/dicom"))
+            pipeline.fail(StoreResult("", "", failure=FailureReason.CANNOT_UNDERSTAND,
+                                      reason="part is not application/dicom"))
             return
-        staged = sink.finish()
-        results.append(await ctx.ingest.store_file(staged, origin, expected_study))
+        await pipeline.submit(await sink.finish())
 
 
 async def _store_single(ctx: DicomwebContext, request: Request, expected_study: str | None) -> Response:
     """A bare application/dicom body: one instance (a vendor extension some clients use)."""
     origin = Origin("stow-rs", request.client.host if request.client else None, principal_of(request).subject)
     sink = _PartSink(ctx)
-    sink.open(acceptable=True)
+    await sink.open(acceptable=True)
     try:
         async for chunk in request.stream():
-            sink.write(chunk)
-        staged = sink.finish()
+            await sink.write(chunk)
+        staged = await sink.finish()
     except BaseException:
         sink.abandon()
         raise
