@@ -92,3 +92,12 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
     )
     app.state.services = services
     return app
+
+
+def app_from_environment() -> Starlette:
+    """The app factory a uvicorn worker process calls (``pacsbridge serve`` with ``workers`` > 1)."""
+    import os
+
+    from .settings import RESOLVED_ENV, from_worker_environment
+
+    return build_app(from_worker_environment(os.environ[RESOLVED_ENV]))

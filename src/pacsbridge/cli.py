@@ -18,7 +18,7 @@ from .settings import Settings, load_settings, masked
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {"data_dir": getattr(args, "data_dir", None)}
-    for name in ("host", "port"):
+    for name in ("host", "port", "workers"):
         overrides[name] = getattr(args, name, None)
     return load_settings(args.config, **overrides)
 
@@ -32,12 +32,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.demo:
         _import_demo(settings)
-    app = build_app(settings)
     print(f"pacsbridge: DICOMweb at http://{settings.host}:{settings.port}{settings.dicomweb.root} "
-          f"(data in {settings.data_dir.resolve()})", file=sys.stderr)
+          f"(data in {settings.data_dir.resolve()}, {settings.workers} worker(s))", file=sys.stderr)
     # access_log=False: uvicorn would log query strings (patient names); adapters/http.AccessLog doesn't.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                proxy_headers=True, access_log=False)
+    options: dict[str, Any] = {"host": settings.host, "port": settings.port, "proxy_headers": True,
+                               "log_level": settings.log_level.lower(), "access_log": False}
+    if settings.workers == 1:
+        uvicorn.run(build_app(settings), **options)
+        return 0
+    # Several processes: migrate once here, then each worker builds the app from the same settings.
+    import os
+
+    from .app import build_services
+    from .settings import RESOLVED_ENV, to_worker_environment
+
+    services = build_services(settings)
+    import anyio
+
+    anyio.run(services.archive.close)
+    os.environ[RESOLVED_ENV] = to_worker_environment(settings)
+    uvicorn.run("pacsbridge.app:app_from_environment", factory=True, workers=settings.workers, **options)
     return 0
 
 
@@ -115,6 +129,7 @@ def parser() -> argparse.ArgumentParser:
     common(serve)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
     serve.add_argument("--demo", action="store_true", help="import a small synthetic data set on first start")
     serve.set_defaults(func=cmd_serve)
 

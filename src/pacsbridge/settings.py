@@ -77,6 +77,10 @@ class Settings(BaseSettings):
         default=None, description="Base URL clients reach us by (for RetrieveURL); default: from each request."
     )
     log_level: str = "info"
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="HTTP worker processes; more than one uses several cores (each opens the index itself).",
+    )
     dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
@@ -142,6 +146,26 @@ def masked(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     data["database_url"] = _mask_url(settings.resolved_database_url())
     return data
+
+
+RESOLVED_ENV = "PB_RESOLVED_SETTINGS_JSON"
+"""Environment variable that hands the resolved settings to worker processes (not a setting)."""
+
+
+def to_worker_environment(settings: Settings) -> str:
+    """The resolved settings as JSON for worker processes, secrets included (they stay in-process)."""
+    data = settings.model_dump(mode="json")
+    if settings.database_url is not None:
+        data["database_url"] = settings.database_url.get_secret_value()
+    import json
+
+    return json.dumps(data)
+
+
+def from_worker_environment(text: str) -> Settings:
+    import json
+
+    return Settings(**json.loads(text))
 
 
 def _mask_url(url: str) -> str:

@@ -149,3 +149,27 @@ def test_logs_at_info_carry_no_patient_data(tmp_path: Path) -> None:
         output, _ = proc.communicate(timeout=20)
     assert "GET /dicomweb/studies 200" in output  # the access log is there ...
     assert "Geheim" not in output and "SECRET-4711" not in output  # ... without patient data
+
+
+def test_serve_with_two_workers_shares_one_store(tmp_path: Path) -> None:
+    """Instances stored through one worker process are found through any of them."""
+    from ..support.http import stow_body
+
+    port = free_port()
+    proc = subprocess.Popen([*PACSBRIDGE, "serve", "--port", str(port), "--workers", "2", "--data-dir",
+                             str(tmp_path / "d")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_health(proc, base)
+        for _ in range(4):  # separate connections, so both workers take some
+            body, content_type = stow_body([instance()])
+            with httpx.Client() as client:
+                assert client.post(base + "/dicomweb/studies", content=body,
+                                   headers={"Content-Type": content_type}).status_code == 200
+        for _ in range(6):
+            with httpx.Client() as client:
+                assert len(client.get(base + "/dicomweb/studies").json()) == 4
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=30)
+    assert output.count("Started server process") == 2, output
