@@ -7,15 +7,14 @@ pacsbridge instances may share one index.
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import orjson
 from sqlalchemy import Engine, create_engine, delete, event, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..domain.errors import NotFound
@@ -23,7 +22,7 @@ from ..domain.model import InstanceRecord, InstanceRef, Level, Scope, StoredInst
 from ..domain.query import Query
 from ..services.ports import SearchPage
 from .blobs import BlobStore
-from .sql import counts, schema
+from .sql import counts, schema, writes
 from .sql import search as sql_search
 from .sql.migrations import migrate
 
@@ -55,7 +54,6 @@ class LocalArchive:
         self.blobs = blobs
         self._sqlite = engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock() if self._sqlite else None
-        self._insert = sqlite.insert if self._sqlite else postgresql.insert
 
     @classmethod
     def open(cls, url: str, root: Path, fsync: bool = True) -> LocalArchive:
@@ -88,29 +86,21 @@ class LocalArchive:
             self.blobs.remove(self.blobs.absolute(old_path))
         return old_path is not None
 
-    def _upsert(self, conn: Connection, table: Any, key: str, values: dict[str, Any]) -> None:
-        statement = self._insert(table).values(**values)
-        update = {k: statement.excluded[k] for k in values if k != key}
-        conn.execute(statement.on_conflict_do_update(index_elements=[key], set_=update))
-
     def _index(self, record: InstanceRecord, placed: Path, size: int) -> str | None:
         ref = record.ref
         now = datetime.now(UTC).isoformat()
         columns = sql_search.index_values(record.study, record.series, record.instance)
         with self.engine.begin() as conn:
-            old = conn.execute(
-                select(schema.instances.c.path, schema.instances.c.series_uid)
-                .where(schema.instances.c.sop_uid == ref.sop_uid)
-            ).first()
-            self._upsert(conn, schema.studies, "study_uid", {
+            old = conn.execute(writes.OLD_INSTANCE, {"sop_uid": ref.sop_uid}).first()
+            conn.execute(writes.UPSERT_STUDY, {
                 **columns[Level.STUDY], "study_uid": ref.study_uid,
                 "attributes": _dump(record.study), "updated_at": now,
             })
-            self._upsert(conn, schema.series, "series_uid", {
+            conn.execute(writes.UPSERT_SERIES, {
                 **columns[Level.SERIES], "series_uid": ref.series_uid, "study_uid": ref.study_uid,
                 "attributes": _dump(record.series),
             })
-            self._upsert(conn, schema.instances, "sop_uid", {
+            conn.execute(writes.UPSERT_INSTANCE, {
                 **columns[Level.INSTANCE], "sop_uid": ref.sop_uid, "series_uid": ref.series_uid,
                 "study_uid": ref.study_uid, "sop_class_uid": record.sop_class_uid,
                 "transfer_syntax": record.transfer_syntax, "number_of_frames": record.number_of_frames,
@@ -236,7 +226,7 @@ def _drop_empty_parents(conn: Connection, series_uid: str) -> str | None:
 
 
 def _dump(attributes: dict[str, Any]) -> str:
-    return json.dumps(attributes, ensure_ascii=False, separators=(",", ":"))
+    return orjson.dumps(attributes).decode()
 
 
 def _scope_uid(scope: Scope) -> str:

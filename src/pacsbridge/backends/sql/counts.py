@@ -9,36 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection
 
-from . import schema
-
-
-def refresh_series(conn: Connection, series_uid: str) -> None:
-    inst, se = schema.instances, schema.series
-    count = select(func.count()).where(inst.c.series_uid == series_uid).scalar_subquery()
-    conn.execute(update(se).where(se.c.series_uid == series_uid).values(num_instances=count))
+from . import writes
 
 
 def refresh_study(conn: Connection, study_uid: str, series_uids: Iterable[str] | None = None) -> None:
     """Recount a study, and the given series of it (None: every series of it)."""
-    inst, se, st = schema.instances, schema.series, schema.studies
-    modalities = conn.execute(
-        select(se.c.modality).where(se.c.study_uid == study_uid, se.c.modality.is_not(None)).distinct()
-    ).scalars().all()
-    sop_classes = conn.execute(
-        select(inst.c.sop_class_uid).where(inst.c.study_uid == study_uid).distinct()
-    ).scalars().all()
+    key = {"study_uid": study_uid}
     if series_uids is None:
-        series_uids = conn.execute(select(se.c.series_uid).where(se.c.study_uid == study_uid)).scalars().all()
+        series_uids = conn.execute(writes.STUDY_SERIES, key).scalars().all()
     for series_uid in series_uids:
-        refresh_series(conn, series_uid)
-    conn.execute(update(st).where(st.c.study_uid == study_uid).values(
-        num_series=select(func.count()).where(se.c.study_uid == study_uid).scalar_subquery(),
-        num_instances=select(func.count()).where(inst.c.study_uid == study_uid).scalar_subquery(),
-        modalities="\\".join(sorted(m for m in modalities if m)),
-        sop_classes="\\".join(sorted(sop_classes)),
-    ))
+        conn.execute(writes.COUNT_SERIES, {"series_uid": series_uid})
+    modalities = conn.execute(writes.STUDY_MODALITIES, key).scalars().all()
+    sop_classes = conn.execute(writes.STUDY_SOP_CLASSES, key).scalars().all()
+    conn.execute(writes.COUNT_STUDY, {
+        **key,
+        "modalities": "\\".join(sorted(m for m in modalities if m)),
+        "sop_classes": "\\".join(sorted(sop_classes)),
+    })
 
 
 def split(joined: str | None) -> list[str]:
