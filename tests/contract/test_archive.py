@@ -149,7 +149,7 @@ async def test_counts_modalities_and_sop_classes(archive: LocalArchive, tmp_path
         await put(archive, tmp_path, study_uid=study, series_uid=series_a, number=n + 1, Modality="CT")
     await put(archive, tmp_path, study_uid=study, series_uid=series_b, Modality="SR",
               SOPClassUID="1.2.840.10008.5.1.4.1.1.88.11")
-    page = await archive.search(Query(Level.STUDY))
+    page = await archive.search(Query(Level.STUDY, includefields=("00080062",)))
     (result,) = page.results
     assert result["00201206"]["Value"] == [2]
     assert result["00201208"]["Value"] == [4]

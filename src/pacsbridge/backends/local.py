@@ -137,19 +137,21 @@ class LocalArchive:
             where.append(inst.c.sop_uid == scope.sop_uid)
         return where
 
+    @staticmethod
+    def _scope_params(scope: Scope) -> tuple[str, dict[str, str]]:
+        params = {"study_uid": scope.study_uid}
+        if scope.series_uid is not None:
+            params["series_uid"] = scope.series_uid
+        if scope.sop_uid is not None:
+            params["sop_uid"] = scope.sop_uid
+        return scope.level.name.lower(), params
+
     def _locate_sync(self, scope: Scope) -> list[StoredInstance]:
-        inst, st = schema.instances, schema.studies
-        statement = (
-            select(inst.c.study_uid, inst.c.series_uid, inst.c.sop_uid, inst.c.sop_class_uid,
-                   inst.c.transfer_syntax, inst.c.path, inst.c.size, inst.c.number_of_frames, st.c.patient_id)
-            .join(st, st.c.study_uid == inst.c.study_uid)
-            .where(*self._scope_where(scope))
-            .order_by(inst.c.series_uid, func.coalesce(inst.c.instance_number, 0), inst.c.sop_uid)
-        )
+        level, params = self._scope_params(scope)
         with self.engine.connect() as conn:
-            rows = conn.execute(statement).all()
+            rows = conn.execute(writes.LOCATE[level], params).all()
         if not rows:
-            raise NotFound(f"no {scope.level.name.lower()} {_scope_uid(scope)} here")
+            raise NotFound(f"no {level} {_scope_uid(scope)} here")
         return [
             StoredInstance(
                 ref=InstanceRef(r.study_uid, r.series_uid, r.sop_uid), sop_class_uid=r.sop_class_uid,
@@ -161,13 +163,11 @@ class LocalArchive:
 
     async def metadata(self, scope: Scope) -> list[str]:
         def run() -> list[str]:
-            inst = schema.instances
-            statement = (select(inst.c.metadata).where(*self._scope_where(scope))
-                         .order_by(inst.c.series_uid, func.coalesce(inst.c.instance_number, 0), inst.c.sop_uid))
+            level, params = self._scope_params(scope)
             with self.engine.connect() as conn:
-                rows = conn.execute(statement).scalars().all()
+                rows = conn.execute(writes.METADATA[level], params).scalars().all()
             if not rows:
-                raise NotFound(f"no {scope.level.name.lower()} {_scope_uid(scope)} here")
+                raise NotFound(f"no {level} {_scope_uid(scope)} here")
             return list(rows)
 
         return await anyio.to_thread.run_sync(run)
@@ -175,8 +175,7 @@ class LocalArchive:
     async def patient_of(self, study_uid: str) -> str | None:
         def run() -> str | None:
             with self.engine.connect() as conn:
-                row = conn.execute(select(schema.studies.c.patient_id)
-                                   .where(schema.studies.c.study_uid == study_uid)).first()
+                row = conn.execute(writes.PATIENT_OF, {"study_uid": study_uid}).first()
             if row is None:
                 raise NotFound(f"no study {study_uid} here")
             return None if row[0] is None else str(row[0])

@@ -28,7 +28,7 @@ def with_patient_context(query: Query, principal: Principal) -> Query:
     return replace(query, matches=(*query.matches, context))
 
 
-def return_tags(query: Query) -> frozenset[str]:
+def return_tags(query: Query) -> tuple[str, ...]:
     """The attributes every result carries: required, matched, included (PS3.18 §10.6.3).
 
     With ``includefield=all`` each result also carries every stored attribute of its level.
@@ -43,17 +43,21 @@ def return_tags(query: Query) -> frozenset[str]:
     # includefield naming a lower level than the query is not returned (§10.6.3.3).
     tags.update(tag for tag in query.includefields if level_of(tag) <= query.level
                 or tag in ("00080061", "00080062", "00201206", "00201208", "00201209"))
-    return frozenset(tags)
+    return tuple(sorted(tags))
 
 
-def project(query: Query, result: DicomJson, tags: frozenset[str] | None = None) -> DicomJson:
+def project(query: Query, result: DicomJson, tags: tuple[str, ...] | None = None) -> DicomJson:
     """One result reduced to its return attributes, keys sorted; absent type R ones empty."""
     tags = return_tags(query) if tags is None else tags
-    wanted = set(tags)
+    ordered: list[str] | tuple[str, ...]
     if query.include_all:
+        wanted = set(tags)
         wanted.update(tag for tag in result if level_of(tag) <= query.level or tag in REQUIRED_VR)
+        ordered = sorted(wanted)
+    else:
+        ordered = tags
     out: DicomJson = {}
-    for tag in sorted(wanted):
+    for tag in ordered:
         if tag in result:
             out[tag] = result[tag]
         elif tag in REQUIRED_VR and tag not in CONDITIONAL_RETURN:

@@ -11,7 +11,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,33 +195,46 @@ def plan(query: Query) -> Plan:
     return Plan(statement.order_by(*order), python_filters)
 
 
-def _merge(row: Any, level: Level) -> DicomJson:
-    """One result: the attributes of its level and those above, plus the computed ones (kept in the
-    rows by ``counts.py``): counts, ModalitiesInStudy, SOPClassesInStudy, InstanceAvailability."""
-    merged: DicomJson = orjson.loads(row.study_attrs)
-    modalities = split(row.modalities)
-    merged["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
-    merged["00080061"] = {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
-    merged["00080062"] = {"vr": "UI", "Value": split(row.sop_classes)}
-    merged["00201206"] = {"vr": "IS", "Value": [row.num_series]}
-    merged["00201208"] = {"vr": "IS", "Value": [row.study_instances]}
-    if level >= Level.SERIES:
-        merged.update(orjson.loads(row.series_attrs))
-        merged["00201209"] = {"vr": "IS", "Value": [row.series_instances]}
-    if level is Level.INSTANCE:
-        merged.update(orjson.loads(row.instance_attrs))
-    return merged
+ONLINE = {"vr": "CS", "Value": ["ONLINE"]}
+
+
+def _merger(query: Query) -> Callable[[Any], DicomJson]:
+    """A function building one result from a row: the attributes of its level and those above, plus
+    the computed ones kept in the rows by ``counts.py``. Decisions are taken once per query, since
+    this runs for every row of every page."""
+    with_series = query.level >= Level.SERIES
+    with_instance = query.level is Level.INSTANCE
+    sop_classes_wanted = query.include_all or "00080062" in query.includefields or any(
+        m.tag == "00080062" for m in query.matches)
+
+    def merge(row: Any) -> DicomJson:
+        merged: DicomJson = orjson.loads(row.study_attrs)
+        merged["00080056"] = ONLINE
+        merged["00080061"] = {"vr": "CS", "Value": row.modalities.split("\\")} if row.modalities else {"vr": "CS"}
+        if sop_classes_wanted:
+            merged["00080062"] = {"vr": "UI", "Value": split(row.sop_classes)}
+        merged["00201206"] = {"vr": "IS", "Value": [row.num_series]}
+        merged["00201208"] = {"vr": "IS", "Value": [row.study_instances]}
+        if with_series:
+            merged.update(orjson.loads(row.series_attrs))
+            merged["00201209"] = {"vr": "IS", "Value": [row.series_instances]}
+        if with_instance:
+            merged.update(orjson.loads(row.instance_attrs))
+        return merged
+
+    return merge
 
 
 def run(conn: Connection, query: Query) -> tuple[list[DicomJson], int]:
     """Execute a query; returns one page of merged attributes and the count of matches beyond it."""
     p = plan(query)
+    merge = _merger(query)
     limit = query.limit
     if not p.python_filters:
         statement = p.statement.offset(query.offset)
         if limit is not None:
             statement = statement.limit(limit)
-        page = [_merge(row, query.level) for row in conn.execute(statement)]
+        page = [merge(row) for row in conn.execute(statement)]
         remaining = 0
         if limit is not None and len(page) == limit:
             total = conn.execute(select(func.count()).select_from(_as_subquery(p.statement))).scalar_one()
@@ -229,7 +242,7 @@ def run(conn: Connection, query: Query) -> tuple[list[DicomJson], int]:
     else:
         kept = [m for _, m in p.python_filters]
         matched = [merged for row in conn.execute(p.statement)
-                   if matches_all(kept, merged := _merge(row, query.level), query.fuzzy)]
+                   if matches_all(kept, merged := merge(row), query.fuzzy)]
         end = None if limit is None else query.offset + limit
         page = matched[query.offset:end]
         remaining = max(0, len(matched) - query.offset - len(page))

@@ -1,4 +1,4 @@
-"""The index's write statements, built once as SQL text.
+"""The index's hot statements (writes, and the reads of the retrieve path), built once as SQL text.
 
 Building SQLAlchemy Core upserts per instance cost more than running them; these statements are
 compiled once. ``INSERT ... ON CONFLICT (key) DO UPDATE SET col = excluded.col`` reads the same in
@@ -42,3 +42,23 @@ COUNT_STUDY = text(
     "num_instances = (SELECT count(*) FROM instances WHERE instances.study_uid = :study_uid), "
     "modalities = :modalities, sop_classes = :sop_classes WHERE study_uid = :study_uid"
 )
+
+
+# --- reads on the retrieve path (one per scope level, built once) ------------------------------
+_SCOPES = {
+    "study": "i.study_uid = :study_uid",
+    "series": "i.study_uid = :study_uid AND i.series_uid = :series_uid",
+    "instance": "i.sop_uid = :sop_uid AND i.series_uid = :series_uid AND i.study_uid = :study_uid",
+}
+_ORDER = "ORDER BY i.series_uid, coalesce(i.instance_number, 0), i.sop_uid"
+LOCATE = {
+    level: text(
+        "SELECT i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.path, i.size, "
+        f"i.number_of_frames, s.patient_id FROM instances i JOIN studies s ON s.study_uid = i.study_uid "
+        f"WHERE {where} {_ORDER}"
+    )
+    for level, where in _SCOPES.items()
+}
+METADATA = {level: text(f"SELECT i.metadata FROM instances i WHERE {where} {_ORDER}")
+            for level, where in _SCOPES.items()}
+PATIENT_OF = text("SELECT patient_id FROM studies WHERE study_uid = :study_uid")
