@@ -176,3 +176,23 @@ def test_cors_preflight_and_cross_origin_isolation(study: tuple[RunningServer, d
     r = httpx.options(server.dicomweb + "/studies", headers={
         "Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
     assert "access-control-allow-origin" not in r.headers
+
+
+def test_many_frames_are_streamed_in_order(server: RunningServer) -> None:
+    """More frames than one worker call reads at once take the streaming path; order and bytes hold."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    ds = instance(study_uid, series_uid, rows=4, columns=4, NumberOfFrames=12)
+    ds.PixelData = np.stack([np.full((4, 4), f, dtype="<u2") for f in range(12)]).tobytes()
+    body, content_type = stow_body([ds])
+    assert httpx.post(server.dicomweb + "/studies", content=body,
+                      headers={"Content-Type": content_type}).status_code == 200
+    base = f"{server.dicomweb}/studies/{study_uid}/series/{series_uid}/instances/{ds.SOPInstanceUID}"
+    wanted = [12, *range(1, 12)]
+    r = httpx.get(base + "/frames/" + ",".join(map(str, wanted)),
+                  headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    parts = split_multipart(r.content, r.headers["content-type"])
+    assert [np.frombuffer(data, "<u2")[0] for _, data in parts] == [n - 1 for n in wanted]
+    assert [h["content-location"].rsplit("/", 1)[1] for h, _ in parts] == [str(n) for n in wanted]
+    octets = {"Accept": 'multipart/related; type="application/octet-stream"'}
+    bulk = httpx.get(base + "/bulkdata/7FE00010", headers=octets)
+    assert b"".join(d for _, d in split_multipart(bulk.content, bulk.headers["content-type"])) == ds.PixelData

@@ -104,9 +104,10 @@ class RetrieveService:
                 self._pixel_infos[path] = info
         return info
 
-    async def frames(self, stored: StoredInstance, numbers: Sequence[int], wanted_ts: str) -> AsyncIterator[bytes]:
-        """Frames (1-based) in ``wanted_ts``; a few at once in one worker call, many one at a time,
-        so a 1 GB object never sits in memory.
+    async def frames(self, stored: StoredInstance, numbers: Sequence[int], wanted_ts: str
+                     ) -> list[bytes] | AsyncIterator[bytes]:
+        """Frames (1-based) in ``wanted_ts``: a few as a list read in one worker call, many as a stream
+        read one at a time, so a 1 GB object never sits in memory.
 
         Frame numbers are checked before the first frame is produced (NotFound when out of range), so
         a caller can still answer 404 instead of a broken multipart body.
@@ -118,7 +119,7 @@ class RetrieveService:
                     return [frame_codec.frame_as(f, info, wanted_ts)
                             for f in frame_codec.read_frames(fp, numbers, info)]
 
-            return _iterate(await anyio.to_thread.run_sync(read_all))
+            return await anyio.to_thread.run_sync(read_all)
 
         fp = await anyio.to_thread.run_sync(open, stored.path, "rb")
         try:
@@ -181,11 +182,6 @@ async def _read_file(path: str | os.PathLike[str]) -> AsyncIterator[bytes]:
             data = await anyio.to_thread.run_sync(fp.read, CHUNK)
     finally:
         fp.close()
-
-
-async def _iterate(items: list[bytes]) -> AsyncIterator[bytes]:
-    for item in items:
-        yield item
 
 
 def _transcode_file(src: str, dst: str, wanted_ts: str) -> None:

@@ -119,17 +119,23 @@ async def bulkdata(ctx: DicomwebContext, request: Request) -> Response:
         return _multipart(data, f"{choice.media_type}; transfer-syntax={ts}", choice.media_type,
                           [location] * stored.number_of_frames)
     value = await ctx.retrieve.bulkdata(stored, path)
-    return _multipart(_one(value), "application/octet-stream", "application/octet-stream", [location])
+    return _multipart([value], "application/octet-stream", "application/octet-stream", [location])
 
 
-async def _one(value: bytes) -> AsyncIterator[bytes]:
-    yield value
-
-
-def _multipart(parts: AsyncIterator[bytes], part_type: str, media_type: str, locations: list[str]) -> Response:
-    """Stream parts as multipart/related, each with its Content-Location and Content-Length."""
+def _multipart(parts: list[bytes] | AsyncIterator[bytes], part_type: str, media_type: str,
+               locations: list[str]) -> Response:
+    """Parts as multipart/related, each with its Content-Location and Content-Length; a list (a few
+    frames) in one body with a Content-Length, an async iterator streamed."""
     boundary = new_boundary()
     writer = MultipartWriter(boundary)
+    content_type = multipart_related_type(media_type, boundary)
+    if isinstance(parts, list):
+        chunks: list[bytes] = []
+        for location, part in zip(locations, parts, strict=True):
+            chunks += [writer.part_header(part_type, {"Content-Location": location,
+                                                      "Content-Length": str(len(part))}), part, writer.part_end()]
+        chunks.append(writer.close())
+        return Response(b"".join(chunks), headers={"Content-Type": content_type})
 
     async def body() -> AsyncIterator[bytes]:
         index = 0
@@ -141,7 +147,7 @@ def _multipart(parts: AsyncIterator[bytes], part_type: str, media_type: str, loc
             index += 1
         yield writer.close()
 
-    return StreamingResponse(body(), headers={"Content-Type": multipart_related_type(media_type, boundary)})
+    return StreamingResponse(body(), headers={"Content-Type": content_type})
 
 
 def _frame_param(request: Request) -> int:
