@@ -196,3 +196,17 @@ def test_many_frames_are_streamed_in_order(server: RunningServer) -> None:
     octets = {"Accept": 'multipart/related; type="application/octet-stream"'}
     bulk = httpx.get(base + "/bulkdata/7FE00010", headers=octets)
     assert b"".join(d for _, d in split_multipart(bulk.content, bulk.headers["content-type"])) == ds.PixelData
+
+
+def test_a_broken_stored_object_is_a_server_error_not_a_bad_request(server: RunningServer) -> None:
+    """Pixel Data shorter than Rows x Columns: stored (its header is fine), but a frame cannot be cut."""
+    ds = instance(rows=16, columns=16)
+    ds.PixelData = b"\x00\x01" * 50
+    body, content_type = stow_body([ds])
+    assert httpx.post(server.dicomweb + "/studies", content=body,
+                      headers={"Content-Type": content_type}).status_code == 200
+    octets = {"Accept": 'multipart/related; type="application/octet-stream"'}
+    r = httpx.get(f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+                  f"{ds.SOPInstanceUID}/frames/1", headers=octets)
+    assert r.status_code == 500
+    assert "Pixel Data" in r.json()["message"]

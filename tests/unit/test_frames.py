@@ -21,7 +21,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from pacsbridge.domain.errors import InvalidInput, NotFound, Unsupported
+from pacsbridge.domain.errors import CorruptData, NotFound, Unsupported
 from pacsbridge.formats.frames import (
     PixelInfo,
     can_decode,
@@ -137,7 +137,7 @@ def test_missing_pixel_data_and_non_dicom_input(tmp_path: Path) -> None:
     with save(ds, tmp_path / "nopixels.dcm").open("rb") as fp, pytest.raises(NotFound):
         pixel_info(fp)
     (tmp_path / "junk.dcm").write_bytes(b"not dicom at all" * 20)
-    with (tmp_path / "junk.dcm").open("rb") as fp, pytest.raises(InvalidInput):
+    with (tmp_path / "junk.dcm").open("rb") as fp, pytest.raises(CorruptData):
         pixel_info(fp)
 
 
@@ -146,7 +146,7 @@ def test_truncated_native_pixel_data_is_invalid_input(tmp_path: Path) -> None:
     path = write_native(tmp_path / "n.dcm", arr, extra={"NumberOfFrames": 4})
     with path.open("rb") as fp:
         info = pixel_info(fp)
-        with pytest.raises(InvalidInput):
+        with pytest.raises(CorruptData):
             list(read_frames(fp, [4], info))
 
 

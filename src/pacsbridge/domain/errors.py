@@ -31,6 +31,11 @@ class Forbidden(PacsbridgeError):
     """The principal may not see or change this."""
 
 
+class CorruptData(PacsbridgeError):
+    """A stored object cannot be read as its header says (short Pixel Data, broken fragments): a fault
+    of the data we hold, not of the request."""
+
+
 class Unsupported(PacsbridgeError):
     """Understood but not offered: a SOP class, transfer syntax or media type we cannot produce."""
 

@@ -43,7 +43,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from pacsbridge.domain.errors import InvalidInput, NotFound, Unsupported
+from pacsbridge.domain.errors import CorruptData, NotFound, Unsupported
 from pacsbridge.domain.model import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -124,14 +124,14 @@ def read_dataset(fp: BinaryIO) -> Dataset:
     try:
         return dcmread(fp, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error) as exc:
-        raise InvalidInput("not a readable DICOM Part 10 file") from exc
+        raise CorruptData("not a readable DICOM Part 10 file") from exc
 
 
 def locate_pixel_data(dataset: Dataset, fp: BinaryIO) -> PixelInfo:
     """Read the Pixel Data element header at the position where ``read_dataset`` stopped."""
     ts = str(dataset.file_meta.get("TransferSyntaxUID", "") or "")
     if not ts:
-        raise InvalidInput("the file meta information has no (0002,0010) Transfer Syntax UID")
+        raise CorruptData("the file meta information has no (0002,0010) Transfer Syntax UID")
     if ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         raise Unsupported("frame access is not offered for Deflated Explicit VR Little Endian")
     little = ts != EXPLICIT_VR_BIG_ENDIAN
@@ -162,18 +162,18 @@ def locate_pixel_data(dataset: Dataset, fp: BinaryIO) -> PixelInfo:
     except ValueError:
         raise Unsupported(f"{ts} is not a transfer syntax known here") from None
     if encapsulated != (length == _UNDEFINED):
-        raise InvalidInput("Pixel Data length does not match the transfer syntax (PS3.5 §A.4)")
+        raise CorruptData("Pixel Data length does not match the transfer syntax (PS3.5 §A.4)")
 
     def number(keyword: str, default: int | None = None) -> int:
         value = dataset.get(keyword, default)
         if value is None or value == "":
             if default is None:
-                raise InvalidInput(f"the image has no {keyword}")
+                raise CorruptData(f"the image has no {keyword}")
             return default
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise InvalidInput(f"{keyword} is not an integer") from None
+            raise CorruptData(f"{keyword} is not an integer") from None
 
     eot = None
     if "ExtendedOffsetTable" in dataset and "ExtendedOffsetTableLengths" in dataset:
@@ -201,7 +201,7 @@ def locate_pixel_data(dataset: Dataset, fp: BinaryIO) -> PixelInfo:
         extended_offsets=eot,
     )
     if info.bits_allocated != 1 and info.bits_allocated % 8:
-        raise InvalidInput("Bits Allocated must be 1 or a multiple of 8 (PS3.5 §8.1.1)")
+        raise CorruptData("Bits Allocated must be 1 or a multiple of 8 (PS3.5 §8.1.1)")
     return info
 
 
@@ -241,7 +241,7 @@ def _read_native(fp: BinaryIO, info: PixelInfo, number: int) -> bytes:
 def _read_span(fp: BinaryIO, info: PixelInfo, start: int, size: int) -> bytes:
     """Read ``size`` bytes at ``start`` within the native Pixel Data value."""
     if info.pixel_length is not None and start + size > info.pixel_length:
-        raise InvalidInput("Pixel Data is shorter than Number of Frames implies")
+        raise CorruptData("Pixel Data is shorter than Number of Frames implies")
     if not _is_word_swapped(info):
         fp.seek(info.pixel_offset + start)
         data = fp.read(size)
@@ -254,7 +254,7 @@ def _read_span(fp: BinaryIO, info: PixelInfo, start: int, size: int) -> bytes:
         swapped[0::2], swapped[1::2] = words[1::2], words[0::2]
         data = bytes(swapped[start - low : start - low + size])
     if len(data) != size:
-        raise InvalidInput("Pixel Data is shorter than Number of Frames implies")
+        raise CorruptData("Pixel Data is shorter than Number of Frames implies")
     return data
 
 
@@ -276,7 +276,7 @@ def _read_encapsulated(fp: BinaryIO, info: PixelInfo, number: int) -> bytes:
             extended_offsets=(list(eot[0]), list(eot[1])) if eot else None,
         )
     except (ValueError, struct.error) as exc:
-        raise InvalidInput(f"frame {number} cannot be located in the encapsulated Pixel Data") from exc
+        raise CorruptData(f"frame {number} cannot be located in the encapsulated Pixel Data") from exc
 
 
 def can_decode(transfer_syntax: str) -> bool:

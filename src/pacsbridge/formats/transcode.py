@@ -37,7 +37,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
-from pacsbridge.domain.errors import InvalidInput, NotFound, Unsupported
+from pacsbridge.domain.errors import CorruptData, NotFound, Unsupported
 from pacsbridge.domain.model import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
@@ -181,7 +181,7 @@ def _write_header(dst_fp: BinaryIO, dataset: Dataset, target: str) -> None:
     try:
         dcmwrite(buffer, dataset, enforce_file_format=True)
     except (ValueError, AttributeError, KeyError) as exc:
-        raise InvalidInput(f"the header cannot be re-encoded as {target}") from exc
+        raise CorruptData(f"the header cannot be re-encoded as {target}") from exc
     dst_fp.write(buffer.getvalue())
 
 
@@ -195,7 +195,7 @@ def _copy_native(src_fp: BinaryIO, dst_fp: BinaryIO, info: PixelInfo) -> None:
     while remaining:
         chunk = src_fp.read(min(_CHUNK, remaining))
         if not chunk:
-            raise InvalidInput("Pixel Data ends before its stated length")
+            raise CorruptData("Pixel Data ends before its stated length")
         remaining -= len(chunk)
         dst_fp.write(_swap(chunk, swap) if swap else chunk)
 
@@ -241,7 +241,7 @@ def _decompress(src_fp: BinaryIO, dst_fp: BinaryIO, dataset: Dataset, info: Pixe
 def _write_decoded(dst_fp: BinaryIO, pixels: Pixels, info: PixelInfo) -> None:
     data = pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
     if len(data) != info.decoded_frame_length:
-        raise InvalidInput("a decoded frame does not match Rows, Columns and Bits Allocated")
+        raise CorruptData("a decoded frame does not match Rows, Columns and Bits Allocated")
     dst_fp.write(data)
 
 
@@ -322,7 +322,7 @@ def _copy_tail(src_fp: BinaryIO, dst_fp: BinaryIO, end: int, stored: str) -> Non
             is_little_endian=stored != EXPLICIT_VR_BIG_ENDIAN,
         )
     except (EOFError, ValueError, struct.error) as exc:
-        raise InvalidInput("the elements after Pixel Data cannot be read") from exc
+        raise CorruptData("the elements after Pixel Data cannot be read") from exc
     for tag in [tag for tag in list(tail.keys()) if tag in _NOT_COPIED]:
         del tail[tag]
     if stored == EXPLICIT_VR_BIG_ENDIAN:

@@ -15,6 +15,7 @@ STATUS: dict[type[errors.PacsbridgeError], int] = {
     errors.Conflict: 409,
     errors.TooLarge: 413,
     errors.UpstreamUnavailable: 503,
+    errors.CorruptData: 500,
 }
 
 
