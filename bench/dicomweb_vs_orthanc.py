@@ -1,4 +1,4 @@
-"""pacsbridge against Orthanc (Debian ``orthanc`` + ``orthanc-dicomweb``): same data, same client, same run.
+"""pacsbridge against Orthanc (Debian ``orthanc`` + ``orthanc-dicomweb``): same data, same clients, same run.
 
 Usage: .venv/bin/python bench/dicomweb_vs_orthanc.py [--quick] [--instances N] [--studies M] [--out FILE]
 
@@ -6,8 +6,10 @@ Phases, each run against both servers with identical inputs, in two rounds (A B,
 each take half of the work, so that neither server always goes first:
 1. STOW-RS the whole generated data set (several parts per request, a few concurrent uploaders).
 2. Check each server's answers (QIDO counts, one study, one series' metadata, one frame), untimed.
-3. QIDO-RS study searches, WADO-RS whole studies, series metadata, single frames: concurrent workers,
-   bounded by count and time, same warm-up.
+3. QIDO-RS study searches, WADO-RS whole studies, series metadata, single frames: Debian's ``wrk``
+   (C, keep-alive connections; ``bench/wrk_client.py``) over the same request lists, bounded by count
+   and time, same warm-up; any non-2xx answer or incomplete body stops the run. Whole studies and
+   frames: the timed run, then an untimed pass over the round's list with every answer checked.
 4. On fresh servers: STOW about 1 GB while sampling the server's resident memory.
 Then a table: metric | pacsbridge | Orthanc | ratio | target | met?
 """
@@ -44,8 +46,12 @@ from bench.servers import (  # noqa: E402
     rss_bytes,
 )
 from bench.workload import RunResult, StowResult, batches, stow, timed_gets  # noqa: E402
+from bench.wrk_client import wrk_gets, wrk_version  # noqa: E402
 
 T = TypeVar("T")
+# Phases whose bodies wrk alone reads while timed (whole studies, 0.5 MB frames): copying each body
+# into the Lua checks would cost the client more than the transfer; an untimed pass then checks them.
+LEAN_PHASES = frozenset({"wado_study", "frames"})
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -58,6 +64,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=Path("/tmp"), help="where the servers' data folders go")
     p.add_argument("--concurrency", type=int, default=8, help="workers for QIDO, metadata and frames")
     p.add_argument("--wado-concurrency", type=int, default=4, help="workers for whole-study retrieves")
+    p.add_argument("--read-client", choices=["wrk", "httpx"], default="wrk",
+                   help="client of the read phases (httpx: the old Python client, itself CPU-bound here)")
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads for the read phases")
     p.add_argument("--uploaders", type=int, default=4, help="concurrent STOW-RS requests")
     p.add_argument("--stow-parts", type=int, default=16, help="most parts in one STOW-RS request")
     p.add_argument("--stow-mb", type=int, default=32, help="most MB in one STOW-RS request (a larger file goes alone)")
@@ -138,7 +147,7 @@ def _brief(r: RunResult) -> str:
     extra = f", {r.instances_per_s:.1f} instances/s, failed {r.failed}" if isinstance(r, StowResult) else ""
     return (f"{r.requests} requests in {r.elapsed_s:.1f} s = {r.rate:.1f}/s, {r.mb_per_s:.1f} MB/s, "
             f"p50 {r.percentile_ms(50):.1f} ms, p95 {r.percentile_ms(95):.1f} ms, errors {r.errors}, "
-            f"server CPU {r.server_cpu_s:.1f} s, client CPU {r.client_cpu_s:.1f} s{extra}")
+            f"server CPU {r.server_cpu_s:.1f} s, client CPU {r.client_cpu_s:.1f} s ({r.client_cpu_share:.0%}){extra}")
 
 
 def stow_batches(args: argparse.Namespace, items: Sequence[Item]) -> list[list[Item]]:
@@ -192,16 +201,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "studies": len({i.study_uid for i in items}),
                                           "series": len({i.series_uid for i in items}),
                                           "multiframe_bytes": [i.size for i in items if i.frames > 1]}}
+    report["client"] = {"stow_and_memory": "httpx", "reads": args.read_client,
+                        "wrk": wrk_version() if args.read_client == "wrk" else None,
+                        "wrk_threads": args.wrk_threads if args.read_client == "wrk" else None}
     results, report["checks"] = throughput_phases(args, items, env)
     memory = memory_phases(args, items, env)
     report["results"] = {phase: {name: r.summary() for name, r in by.items()} for phase, by in results.items()}
     report["memory"] = memory
     report["table"] = table(results, memory)
+    report["client"]["cpu_share"] = {phase: {name: r.client_cpu_share for name, r in by.items()}
+                                     for phase, by in results.items()}
     report["machine"]["loadavg_at_end"] = os.getloadavg()
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     print()
     print(render(report["table"]))
-    print(f"\n(total {report['elapsed_s']:.0f} s; CPU seconds per phase are in the JSON output)")
+    print(f"\nread client {args.read_client}, its CPU as a share of one core:")
+    for phase, by in report["client"]["cpu_share"].items():
+        if phase != "stow":
+            print(f"  {phase:>10}: " + ", ".join(f"{name} {share:.1%}" for name, share in by.items()))
+    print(f"(total {report['elapsed_s']:.0f} s; CPU seconds per phase are in the JSON output)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
@@ -239,6 +257,10 @@ def throughput_phases(args: argparse.Namespace, items: Sequence[Item], env: dict
              frozenset({200})),
             ("frames", frames, request_lists.ACCEPT_FRAMES, args.concurrency, frozenset({200})),
         ]
+        in_study: dict[str, tuple[int, int]] = {}
+        for i in items:
+            n, size = in_study.get(i.study_uid, (0, 0))
+            in_study[i.study_uid] = (n + 1, size + i.size)
         for phase, paths, accept, concurrency, ok in reads:
             rounds = halves(paths)
 
@@ -246,8 +268,18 @@ def throughput_phases(args: argparse.Namespace, items: Sequence[Item], env: dict
                     a: str = accept, c: int = concurrency, o: frozenset[int] = ok) -> RunResult:
                 p = rounds[r]
                 bound = len(p) if phase == "wado_study" else args.read_requests // 2
-                return asyncio.run(timed_gets(t.dicomweb, p, a, pid=t.pid, concurrency=c, max_requests=bound,
-                                              max_seconds=args.read_seconds / 2, warmup=min(2 * c, 16), ok=o))
+                warmup, seconds = min(2 * c, 16), args.read_seconds / 2
+                if args.read_client == "httpx":
+                    return asyncio.run(timed_gets(t.dicomweb, p, a, pid=t.pid, concurrency=c, max_requests=bound,
+                                                  max_seconds=seconds, warmup=warmup, ok=o))
+                expect = None
+                if phase == "wado_study":  # each study once: every instance, every byte
+                    per_study = [in_study[path.rsplit("/", 1)[1]] for path in p]
+                    expect = (sum(n for n, _ in per_study), sum(size for _, size in per_study))
+                return wrk_gets(t.dicomweb, p, a, pid=t.pid, concurrency=c, threads=args.wrk_threads,
+                                max_requests=bound, max_seconds=seconds, warmup=warmup, ok=o,
+                                label=f"{phase} {t.name} round {r + 1}", lean=phase in LEAN_PHASES,
+                                expect=expect)
 
             results[phase] = run_phase(args, targets, phase, job)
     return results, report

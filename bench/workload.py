@@ -1,4 +1,5 @@
-"""The client side: one asyncio + httpx client, the same for every server.
+"""The Python client: asyncio + httpx, the same for every server. It sends the STOW-RS phases; the
+read phases go through ``bench/wrk_client.py`` unless ``--read-client httpx`` asks for this one.
 
 Rules:
 1. Every loop is bounded twice, by a request count and by a deadline; after the deadline no new
@@ -50,6 +51,11 @@ class RunResult:
         return self.requests / self.elapsed_s if self.elapsed_s else 0.0
 
     @property
+    def client_cpu_share(self) -> float:
+        """The client's CPU time over the run's elapsed time: 1.0 is one core kept busy."""
+        return round(self.client_cpu_s / self.elapsed_s, 3) if self.elapsed_s else 0.0
+
+    @property
     def mb_per_s(self) -> float:
         return self.bytes / MB / self.elapsed_s if self.elapsed_s else 0.0
 
@@ -75,7 +81,7 @@ class RunResult:
             "elapsed_s": round(self.elapsed_s, 3), "per_s": round(self.rate, 2), "mb_per_s": round(self.mb_per_s, 2),
             "p50_ms": round(self.percentile_ms(50), 2), "p95_ms": round(self.percentile_ms(95), 2),
             "statuses": dict(self.statuses), "server_cpu_s": round(self.server_cpu_s, 2),
-            "client_cpu_s": round(self.client_cpu_s, 2),
+            "client_cpu_s": round(self.client_cpu_s, 2), "client_cpu_share": self.client_cpu_share,
         }
 
 
