@@ -38,35 +38,64 @@ class Target:
     workdir: Path
 
 
-def rss_bytes(pid: int) -> int:
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (pacsbridge with ``workers`` > 1 is a parent and its workers);
+    every figure below sums over the tree so that one and several processes are measured alike."""
+    found = [pid]
+    for index in range(len(found) + 64):
+        if index >= len(found):
+            break
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{found[index]}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _one_rss(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as fp:
         return int(fp.read().split()[1]) * PAGE
 
 
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += _one_rss(member)
+    return total
+
+
 def peak_rss_bytes(pid: int) -> int:
-    """VmHWM: the most the process has had resident since start or the last ``reset_peak``."""
-    with open(f"/proc/{pid}/status") as fp:
-        for line in fp:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """Sum of VmHWM (the most each process had resident since start or ``reset_peak``) over the tree:
+    an upper bound of the tree's simultaneous peak."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/status") as fp:
+            for line in fp:
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+    return total
 
 
 def reset_peak(pid: int) -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0; needs to own the process)."""
+    """Reset VmHWM to the current RSS in every process of the tree (Linux >= 4.0; needs to own them)."""
     try:
-        with open(f"/proc/{pid}/clear_refs", "w") as fp:
-            fp.write("5")
+        for member in process_tree(pid):
+            with open(f"/proc/{member}/clear_refs", "w") as fp:
+                fp.write("5")
         return True
     except OSError:
         return False
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of every thread of the process."""
-    with open(f"/proc/{pid}/stat") as fp:
-        fields = fp.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    """User + system CPU time of every thread of every process in the tree."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/stat") as fp:
+            fields = fp.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
 
 
 class RssSampler:

@@ -98,6 +98,9 @@ def app_from_environment() -> Starlette:
     """The app factory a uvicorn worker process calls (``pacsbridge serve`` with ``workers`` > 1)."""
     import os
 
+    from .logs import configure_logging
     from .settings import RESOLVED_ENV, from_worker_environment
 
-    return build_app(from_worker_environment(os.environ[RESOLVED_ENV]))
+    settings = from_worker_environment(os.environ[RESOLVED_ENV])
+    configure_logging(settings.log_level)
+    return build_app(settings)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .logs import configure_logging
 from .settings import Settings, load_settings, masked
 
 
@@ -29,15 +30,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import build_app
 
     settings = _settings(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     if args.demo:
         _import_demo(settings)
     print(f"pacsbridge: DICOMweb at http://{settings.host}:{settings.port}{settings.dicomweb.root} "
-          f"(data in {settings.data_dir.resolve()}, {settings.workers} worker(s))", file=sys.stderr)
+          f"(data in {settings.data_dir.resolve()}, {settings.resolved_workers()} worker(s))", file=sys.stderr)
     # access_log=False: uvicorn would log query strings (patient names); adapters/http.AccessLog doesn't.
     options: dict[str, Any] = {"host": settings.host, "port": settings.port, "proxy_headers": True,
                                "log_level": settings.log_level.lower(), "access_log": False}
-    if settings.workers == 1:
+    workers = settings.resolved_workers()
+    if workers == 1:
         uvicorn.run(build_app(settings), **options)
         return 0
     # Several processes: migrate once here, then each worker builds the app from the same settings.
@@ -51,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     anyio.run(services.archive.close)
     os.environ[RESOLVED_ENV] = to_worker_environment(settings)
-    uvicorn.run("pacsbridge.app:app_from_environment", factory=True, workers=settings.workers, **options)
+    uvicorn.run("pacsbridge.app:app_from_environment", factory=True, workers=workers, **options)
     return 0
 
 
@@ -129,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
     common(serve)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, help="HTTP worker processes (default 1)")
+    serve.add_argument("--workers", type=int, help="HTTP worker processes (default: one per core, at most 4)")
     serve.add_argument("--demo", action="store_true", help="import a small synthetic data set on first start")
     serve.set_defaults(func=cmd_serve)
 

@@ -78,8 +78,8 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
     workers: int = Field(
-        default=1, ge=1, le=64,
-        description="HTTP worker processes; more than one uses several cores (each opens the index itself).",
+        default=0, ge=0, le=64,
+        description="HTTP worker processes; 0: one per CPU core, at most 4. Each opens the index itself.",
     )
     dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Overrides first, then the environment; ``load_settings`` adds the config file below both.
         return (init_settings, env_settings)
+
+    def resolved_workers(self) -> int:
+        if self.workers:
+            return self.workers
+        import os
+
+        return max(1, min(4, os.cpu_count() or 1))
 
     def resolved_database_url(self) -> str:
         if self.database_url is not None:
