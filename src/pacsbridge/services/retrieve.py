@@ -91,6 +91,17 @@ class RetrieveService:
         finally:
             os.unlink(scratch)
 
+    async def read_whole(self, stored: Sequence[StoredInstance]) -> list[bytes]:
+        """Several small files as stored, read in one worker call (the caller bounds their sizes)."""
+        def run() -> list[bytes]:
+            out = []
+            for member in stored:
+                with open(member.path, "rb") as fp:
+                    out.append(fp.read())
+            return out
+
+        return await anyio.to_thread.run_sync(run)
+
     # --- frames, bulk data, rendered ------------------------------------------------------------
 
     def _pixel_info(self, path: str, fp: BinaryIO) -> frame_codec.PixelInfo:

@@ -27,6 +27,9 @@ from .negotiation import (
     web_syntax,
 )
 
+SMALL_FILE = 2 << 20  # instances up to this size are read whole and sent in batches ...
+BATCH_BYTES = 4 << 20  # ... of about this many bytes
+
 
 def scope_of(request: Request) -> Scope:
     p = request.path_params
@@ -53,8 +56,28 @@ async def retrieve_instances(ctx: DicomwebContext, request: Request) -> Response
     boundary = new_boundary()
     writer = MultipartWriter(boundary)
 
+    def as_stored(stored: StoredInstance) -> bool:
+        return _target(stored, choice.transfer_syntax) == stored.transfer_syntax
+
     async def body() -> AsyncIterator[bytes]:
-        for stored in found:
+        # Small instances sent as stored go in batches: one worker call reads them, one chunk
+        # carries their parts (a CT study is hundreds of 0.5 MB files). Others stream chunk by chunk.
+        batch: list[StoredInstance] = []
+        for index, stored in enumerate(found):
+            if as_stored(stored) and stored.size <= SMALL_FILE:
+                batch.append(stored)
+                following = found[index + 1] if index + 1 < len(found) else None
+                if (following is not None and as_stored(following) and following.size <= SMALL_FILE
+                        and sum(s.size for s in batch) < BATCH_BYTES):
+                    continue
+                datas = await ctx.retrieve.read_whole(batch)
+                chunks: list[bytes] = []
+                for member, data in zip(batch, datas, strict=True):
+                    chunks += [writer.part_header(f"application/dicom; transfer-syntax={member.transfer_syntax}",
+                                                  {"Content-Length": str(len(data))}), data, writer.part_end()]
+                batch = []
+                yield b"".join(chunks)
+                continue
             ts = _target(stored, choice.transfer_syntax)
             headers = {"Content-Length": str(stored.size)} if ts == stored.transfer_syntax else {}
             yield writer.part_header(f"application/dicom; transfer-syntax={ts}", headers)
