@@ -1,8 +1,15 @@
 """The embedded archive: instance files on disk plus an SQL index (SQLite or PostgreSQL).
 
-SQLAlchemy is synchronous; every call runs in a worker thread (DESIGN rule 6). SQLite gets WAL mode
-and one writer at a time; PostgreSQL relies on row locks (``INSERT ... ON CONFLICT``) so several
-pacsbridge instances may share one index.
+SQLAlchemy is synchronous; every call runs in a worker thread (DESIGN rule 6).
+
+Rules:
+1. SQLite runs in WAL mode: readers never wait; writers of one process take a lock, writers of several
+   worker processes wait on SQLite's own lock (30 s busy timeout). PostgreSQL uses row locks, so
+   several pacsbridge instances may share one index.
+2. Every write transaction upserts the study row first, which locks it: stores into one study are
+   serialised, so the counts each refresh computes (``counts.py``) see every committed instance.
+3. A file is placed under a fresh name before its row is written, and a replaced file is removed only
+   after the commit (``blobs.py``); a failed commit removes the new file.
 """
 
 from __future__ import annotations
