@@ -229,3 +229,19 @@ async def test_counts_follow_replacements_and_deletes(archive: LocalArchive, tmp
     await archive.delete(Scope(study, series_b))
     row = await study_row()
     assert (row["00201206"]["Value"], row["00201208"]["Value"], row["00080061"]["Value"]) == ([1], [1], ["CT"])
+
+
+async def test_concurrent_stores_into_one_study_keep_counts_right(archive: LocalArchive, tmp_path: Path) -> None:
+    """Rule 2 of local.py: stores into one study are serialised by its row, so no count is lost."""
+    import anyio
+
+    study, series = generate_uid(), generate_uid()
+    paths = [write(instance(study, series, number=n), tmp_path / f"c{n}") for n in range(1, 17)]
+    records = [record_of(p) for p in paths]
+    async with anyio.create_task_group() as tg:
+        for path, record in zip(paths, records, strict=True):
+            tg.start_soon(archive.store, path, record)
+    (result,) = (await archive.search(Query(Level.STUDY))).results
+    assert result["00201208"]["Value"] == [16] and result["00201206"]["Value"] == [1]
+    (series_row,) = (await archive.search(Query(Level.SERIES))).results
+    assert series_row["00201209"]["Value"] == [16]
