@@ -134,3 +134,29 @@ def test_a_body_over_the_configured_limit_is_413(tmp_path) -> None:  # type: ign
         r = post(small, [instance(rows=64, columns=64)])
         assert r.status_code == 413
         assert files_in(small) == [] and not spool_leftovers(small)
+
+
+def test_a_client_that_dies_mid_upload_leaves_nothing_half_written(server: RunningServer) -> None:
+    """The first part arrives whole and is stored; the second is cut off: no spool file, no partial
+    instance, and the server keeps serving."""
+    import socket
+    import time
+
+    first, second = instance(rows=64, columns=64), instance(rows=64, columns=64)
+    body, content_type = stow_body([first, second])
+    cut = body[: len(body) - 3000]  # inside the second part's pixel data
+    host, port = "127.0.0.1", server.port
+    with socket.create_connection((host, port)) as sock:
+        head = (f"POST {server.settings.dicomweb.root}/studies HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        sock.sendall(head + cut)
+        time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while spool_leftovers(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not spool_leftovers(server)
+    r = httpx.get(server.dicomweb + "/instances", headers=JSON)
+    stored = {i["00080018"]["Value"][0] for i in r.json()} if r.status_code == 200 else set()
+    assert stored == {first.SOPInstanceUID}  # the whole first part is kept, the cut one is not
+    assert len(files_in(server)) == 1
+    assert httpx.get(server.url + "/health").status_code == 200
