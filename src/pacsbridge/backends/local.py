@@ -114,11 +114,12 @@ class LocalArchive:
                 "path": self.blobs.relative(placed), "size": size, "attributes": _dump(record.instance),
                 "metadata": record.metadata, "stored_at": now,
             })
+            moved_from: list[str] = []
             if old is not None and old.series_uid != ref.series_uid:
+                moved_from = [old.series_uid]
                 old_study = _drop_empty_parents(conn, old.series_uid)
                 if old_study is not None and old_study != ref.study_uid:
-                    counts.refresh_study(conn, old_study, [old.series_uid])
-            moved_from = [old.series_uid] if old is not None and old.series_uid != ref.series_uid else []
+                    counts.refresh_study(conn, old_study, moved_from)
             counts.refresh_study(conn, ref.study_uid, [ref.series_uid, *moved_from])
         return None if old is None else str(old.path)
 

@@ -158,9 +158,6 @@ class RetrieveService:
         finally:
             fp.close()
 
-    async def pixel_transfer_syntax(self, stored: StoredInstance) -> str:
-        return stored.transfer_syntax
-
     async def bulkdata(self, stored: StoredInstance, path: str) -> bytes:
         """One bulk value by its path (``TAG[/ITEM/TAG]...``) as issued in the metadata."""
         return await anyio.to_thread.run_sync(_bulk_value, stored.path, path)

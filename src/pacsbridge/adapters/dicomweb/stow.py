@@ -159,7 +159,7 @@ async def store(ctx: DicomwebContext, request: Request) -> Response:
     boundary = params.get("boundary")
     if not boundary:
         raise InvalidInput("the multipart/related Content-Type has no boundary parameter")
-    origin = Origin("stow-rs", request.client.host if request.client else None, principal_of(request).subject)
+    origin = _origin(request)
     parser = MultipartParser(boundary.encode("latin-1"))
     sink = _PartSink(ctx)
     other_failures: list[str] = []
@@ -203,6 +203,10 @@ async def store(ctx: DicomwebContext, request: Request) -> Response:
     return _answer(results, other_failures, ctx.base_url(request))
 
 
+def _origin(request: Request) -> Origin:
+    return Origin("stow-rs", request.client.host if request.client else None, principal_of(request).subject)
+
+
 async def _on_event(event: object, sink: _PartSink, pipeline: _Pipeline) -> None:
     if isinstance(event, PartStart):
         part_media = parse_content_type(event.headers.get("content-type", "application/dicom"))[0]
@@ -220,7 +224,7 @@ async def _on_event(event: object, sink: _PartSink, pipeline: _Pipeline) -> None
 
 async def _store_single(ctx: DicomwebContext, request: Request, expected_study: str | None) -> Response:
     """A bare application/dicom body: one instance (a vendor extension some clients use)."""
-    origin = Origin("stow-rs", request.client.host if request.client else None, principal_of(request).subject)
+    origin = _origin(request)
     sink = _PartSink(ctx)
     await sink.open(acceptable=True)
     try:

@@ -210,7 +210,8 @@ def _merger(query: Query) -> Callable[[Any], DicomJson]:
     def merge(row: Any) -> DicomJson:
         merged: DicomJson = orjson.loads(row.study_attrs)
         merged["00080056"] = ONLINE
-        merged["00080061"] = {"vr": "CS", "Value": row.modalities.split("\\")} if row.modalities else {"vr": "CS"}
+        modalities = split(row.modalities)
+        merged["00080061"] = {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
         if sop_classes_wanted:
             merged["00080062"] = {"vr": "UI", "Value": split(row.sop_classes)}
         merged["00201206"] = {"vr": "IS", "Value": [row.num_series]}
