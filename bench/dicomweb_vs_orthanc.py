@@ -52,6 +52,7 @@ T = TypeVar("T")
 # Phases whose bodies wrk alone reads while timed (whole studies, 0.5 MB frames): copying each body
 # into the Lua checks would cost the client more than the transfer; an untimed pass then checks them.
 LEAN_PHASES = frozenset({"wado_study", "frames"})
+PHASES = ("stow", "qido", "wado_study", "metadata", "frames", "memory")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -80,7 +81,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="record py-spy profiles of pacsbridge per phase into DIR (slows it: not for figures)")
     p.add_argument("--only", choices=["pacsbridge", "orthanc"], help="run one server only (profiling)")
+    p.add_argument("--phases", default=",".join(PHASES),
+                   help=f"comma-separated phases to run (default all: {','.join(PHASES)}); stow always runs")
     args = p.parse_args(argv)
+    args.phases = {"stow", *(name.strip() for name in args.phases.split(",") if name.strip())}
+    unknown = args.phases - set(PHASES)
+    if unknown:
+        p.error(f"unknown phases: {', '.join(sorted(unknown))}")
     quick = args.quick
     args.instances = args.instances or (300 if quick else 5000)
     args.studies = args.studies or (20 if quick else 200)
@@ -205,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "wrk": wrk_version() if args.read_client == "wrk" else None,
                         "wrk_threads": args.wrk_threads if args.read_client == "wrk" else None}
     results, report["checks"] = throughput_phases(args, items, env)
-    memory = memory_phases(args, items, env)
+    memory = memory_phases(args, items, env) if "memory" in args.phases else {}
     report["results"] = {phase: {name: r.summary() for name, r in by.items()} for phase, by in results.items()}
     report["memory"] = memory
     report["table"] = table(results, memory)
@@ -262,6 +269,8 @@ def throughput_phases(args: argparse.Namespace, items: Sequence[Item], env: dict
             n, size = in_study.get(i.study_uid, (0, 0))
             in_study[i.study_uid] = (n + 1, size + i.size)
         for phase, paths, accept, concurrency, ok in reads:
+            if phase not in args.phases:
+                continue
             rounds = halves(paths)
 
             def job(t: Target, r: int, rounds: tuple[list[str], list[str]] = rounds, phase: str = phase,
@@ -383,7 +392,8 @@ def machine() -> dict[str, Any]:
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, tuple) else v)
+    return {k: (str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, set)
+                else [str(x) for x in v] if isinstance(v, tuple) else v)
             for k, v in values.items()}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,64 @@ async def test_concurrent_stores_into_one_study_keep_counts_right(archive: Local
     assert result["00201208"]["Value"] == [16] and result["00201206"]["Value"] == [1]
     (series_row,) = (await archive.search(Query(Level.SERIES))).results
     assert series_row["00201209"]["Value"] == [16]
+
+
+async def test_concurrent_writers_sharing_one_index_keep_counts_right(db_url: str, tmp_path: Path) -> None:
+    """Two archives on one index and one folder, as two worker processes have them, storing batches into
+    one study at once: the writers queue (local.py rule 1) and every count stays right."""
+    import anyio
+
+    first = LocalArchive.open(db_url, tmp_path / "data", fsync=False)
+    second = LocalArchive.open(db_url, tmp_path / "data", fsync=False)
+    study, series = generate_uid(), generate_uid()
+    batches = [[write(instance(study, series, number=10 * b + n), tmp_path / f"w{b}-{n}") for n in range(4)]
+               for b in range(6)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for b, paths in enumerate(batches):
+                target = first if b % 2 else second
+                tg.start_soon(target.store_many, [(p, record_of(p)) for p in paths])
+        (result,) = (await first.search(Query(Level.STUDY))).results
+        assert result["00201208"]["Value"] == [24] and result["00201206"]["Value"] == [1]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_batch_is_stored_whole_and_in_order(archive: LocalArchive, tmp_path: Path) -> None:
+    """store_many: new items give False, an item repeating an earlier SOP of the same batch replaces it
+    (True) and its first file is gone; the counts see one instance per SOP."""
+    study, series = generate_uid(), generate_uid()
+    paths = [write(instance(study, series, number=n), tmp_path / f"b{n}") for n in range(1, 4)]
+    sop = record_of(paths[0]).ref.sop_uid
+    again = instance(study, series, SOPInstanceUID=sop, PatientName="Doe^Again")
+    again.file_meta.MediaStorageSOPInstanceUID = sop
+    repeat = write(again, tmp_path / "repeat")
+    outcomes = await archive.store_many([(p, record_of(p)) for p in [*paths, repeat]])
+    assert outcomes == [False, False, False, True]
+    found = await archive.locate(Scope(study))
+    assert len(found) == 3
+    kept = next(f for f in found if f.ref.sop_uid == sop)
+    assert len(list(Path(kept.path).parent.glob(f"{sop}.*.dcm"))) == 1
+    (row,) = (await archive.search(Query(Level.STUDY))).results
+    assert row["00201208"]["Value"] == [3]
+
+
+async def test_one_bad_item_fails_alone(archive: LocalArchive, tmp_path: Path) -> None:
+    """A missing staged file and a record the index cannot take each fail by themselves; the other
+    items of the batch are stored, and nothing of the failed ones remains."""
+    study, series = generate_uid(), generate_uid()
+    paths = [write(instance(study, series, number=n), tmp_path / f"f{n}") for n in range(1, 5)]
+    records = [record_of(p) for p in paths]
+    missing = tmp_path / "gone.dcm"
+    broken = replace(records[2], instance={**records[2].instance, "00209999": {"vr": "LO", "Value": [object()]}})
+    outcomes = await archive.store_many([(paths[0], records[0]), (missing, records[1]), (paths[2], broken),
+                                         (paths[3], records[3])])
+    assert outcomes[0] is False and outcomes[3] is False
+    assert isinstance(outcomes[1], OSError) and isinstance(outcomes[2], TypeError)
+    found = await archive.locate(Scope(study))
+    assert {f.ref.sop_uid for f in found} == {records[0].ref.sop_uid, records[3].ref.sop_uid}
+    stored_files = {p.name for p in (tmp_path / "data" / "files").rglob("*.dcm")}
+    assert len(stored_files) == 2
+    (row,) = (await archive.search(Query(Level.STUDY))).results
+    assert row["00201208"]["Value"] == [2]

@@ -160,3 +160,25 @@ def test_a_client_that_dies_mid_upload_leaves_nothing_half_written(server: Runni
     assert stored == {first.SOPInstanceUID}  # the whole first part is kept, the cut one is not
     assert len(files_in(server)) == 1
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_a_request_of_many_batches_keeps_every_part_and_its_order(server: RunningServer) -> None:
+    """More parts than one index batch (stow.BATCH), with failed parts among them: every good part is
+    stored, every bad one reported, in the order sent; no spool file is left."""
+    from pacsbridge.adapters.dicomweb.stow import BATCH
+
+    study = generate_uid()
+    parts: list = [instance(study, number=n) for n in range(1, 2 * BATCH + 6)]
+    bad_at = {3, BATCH, BATCH + 1, 2 * BATCH + 2}
+    for i in sorted(bad_at):
+        parts.insert(i, b"not DICOM " * 20)
+    r = post(server, parts)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    sent = [p.SOPInstanceUID for p in parts if not isinstance(p, bytes)]
+    assert [item["00081155"]["Value"][0] for item in body["00081199"]["Value"]] == sent
+    assert len(body["00081198"]["Value"]) == len(bad_at)
+    assert count_instances(server) == len(sent) and len(files_in(server)) == len(sent)
+    assert not spool_leftovers(server)
+    (row,) = httpx.get(server.dicomweb + "/studies", params={"StudyInstanceUID": study}, headers=JSON).json()
+    assert row["00201208"]["Value"] == [len(sent)]

@@ -91,8 +91,11 @@ async def _import_one(ingest: IngestService, name: str, opener: Opener, origin: 
     staged, fp = ingest.new_spool_file()
 
     def copy() -> None:
-        with fp, opener() as source:
-            shutil.copyfileobj(source, fp, 1 << 20)
+        try:
+            with opener() as source:
+                shutil.copyfileobj(source, fp, 1 << 20)
+        finally:
+            ingest.seal(fp)
 
     try:
         await anyio.to_thread.run_sync(copy)

@@ -2,8 +2,9 @@
 
 Rules:
 1. Incoming bytes go to a spool file in ``<root>/spool`` (same file system as the store).
-2. A stored file gets a fresh name (``<sop>.<token>.dcm``) and arrives by rename after fsync; the
-   index is then pointed at it, and only then is a replaced file removed. A crash at any point leaves
+2. A spool file is fsync'd when its writer seals it. A stored file gets a fresh name
+   (``<sop>.<token>.dcm``) and arrives by rename, its folder fsync'd; the index is then pointed at it,
+   and only then is a replaced file removed. A crash at any point leaves
    either the old or the new version indexed, never a partial one.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,22 +30,38 @@ class BlobStore:
         self.files_dir.mkdir(parents=True, exist_ok=True)
 
     def new_spool_file(self) -> tuple[Path, BinaryIO]:
-        """A fresh spool file, open for writing; the caller closes it (and removes it on failure)."""
+        """A fresh spool file, open for writing; the caller seals it (and removes it on failure)."""
         path = self.spool_dir / f"in-{secrets.token_hex(8)}.part"
         return path, open(path, "xb")
 
-    def place(self, spooled: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        """Move a spool file to its final, unique place (fsync'd), returning the new path."""
+    def seal(self, fp: BinaryIO) -> None:
+        """Flush, fsync and close a finished spool file."""
+        try:
+            fp.flush()
+            if self.fsync:
+                os.fsync(fp.fileno())
+        finally:
+            fp.close()
+
+    def place(self, spooled: Path, study_uid: str, series_uid: str, sop_uid: str, sync_folder: bool = True) -> Path:
+        """Move a sealed spool file to its final, unique place, returning the new path.
+
+        The rename is durable once its folder is fsync'd: here, or by ``sync_folders`` for a batch.
+        """
         shard = hashlib.sha1(study_uid.encode()).hexdigest()[:2]
         folder = self.files_dir / shard / study_uid / series_uid
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{sop_uid}.{secrets.token_hex(4)}.dcm"
-        if self.fsync:
-            _fsync(spooled)
         os.rename(spooled, target)
-        if self.fsync:
-            _fsync(folder)  # the rename itself is durable only once the folder is
+        if sync_folder:
+            self.sync_folders([folder])
         return target
+
+    def sync_folders(self, folders: Iterable[Path]) -> None:
+        """fsync each folder once, so that the renames into it survive a crash."""
+        if self.fsync:
+            for folder in set(folders):
+                _fsync(folder)
 
     def remove(self, path: Path | str) -> None:
         """Remove a file if it exists, and its folders once empty."""

@@ -3,18 +3,26 @@
 SQLAlchemy is synchronous; every call runs in a worker thread (DESIGN rule 6).
 
 Rules:
-1. SQLite runs in WAL mode: readers never wait; writers of one process take a lock, writers of several
-   worker processes wait on SQLite's own lock (30 s busy timeout). PostgreSQL uses row locks, so
-   several pacsbridge instances may share one index.
+1. SQLite runs in WAL mode: readers never wait; writers take a thread lock and an ``flock`` shared by
+   the worker processes (``_SqliteWriter``), so they queue instead of polling SQLite's busy handler.
+   PostgreSQL uses row locks, so several pacsbridge instances may share one index.
 2. Every write transaction upserts the study row first, which locks it: stores into one study are
    serialised, so the counts each refresh computes (``counts.py``) see every committed instance.
 3. A file is placed under a fresh name before its row is written, and a replaced file is removed only
    after the commit (``blobs.py``); a failed commit removes the new file.
+4. ``store_many`` indexes a batch in one transaction and refreshes each study's counts once (group
+   commit: a STOW-RS request costs a few transactions, not one per instance). When the batch fails,
+   each item is retried alone, so that one bad item never fails the others.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +61,36 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
+class _SqliteWriter:
+    """The one writer of an SQLite index: a thread lock within the process and an ``flock`` on a file
+    beside the database across worker processes. Both block and wake at once when released, where
+    SQLite's own busy handler would poll with sleeps of up to 100 ms."""
+
+    def __init__(self, database: Path) -> None:
+        self.lock_path = database.with_name(database.name + ".write-lock")
+        self.thread_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self.thread_lock:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing the descriptor releases the lock
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A file of a batch in its final place, waiting for its index rows."""
+
+    index: int
+    record: InstanceRecord
+    path: Path
+    size: int
+
+
 class LocalArchive:
     """Archive port over a ``BlobStore`` and an SQL index."""
 
@@ -60,7 +98,8 @@ class LocalArchive:
         self.engine = engine
         self.blobs = blobs
         self._sqlite = engine.dialect.name == "sqlite"
-        self._write_lock = threading.Lock() if self._sqlite else None
+        database = engine.url.database if self._sqlite else None
+        self._writer = _SqliteWriter(Path(database)) if database and database != ":memory:" else None
 
     @classmethod
     def open(cls, url: str, root: Path, fsync: bool = True) -> LocalArchive:
@@ -74,54 +113,105 @@ class LocalArchive:
     # --- store --------------------------------------------------------------------------------
 
     async def store(self, staged: Path, record: InstanceRecord) -> bool:
-        return await anyio.to_thread.run_sync(self._store_sync, staged, record)
+        outcome = (await self.store_many([(staged, record)]))[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-    def _store_sync(self, staged: Path, record: InstanceRecord) -> bool:
-        ref = record.ref
-        size = staged.stat().st_size
-        placed = self.blobs.place(staged, ref.study_uid, ref.series_uid, ref.sop_uid)
+    async def store_many(self, items: Sequence[tuple[Path, InstanceRecord]]) -> list[bool | Exception]:
+        return await anyio.to_thread.run_sync(self._store_many_sync, list(items))
+
+    def _store_many_sync(self, items: list[tuple[Path, InstanceRecord]]) -> list[bool | Exception]:
+        outcomes: list[bool | Exception] = [False] * len(items)
+        placed: list[_Placed] = []
+        for i, (staged, record) in enumerate(items):
+            ref = record.ref
+            try:
+                size = staged.stat().st_size
+                path = self.blobs.place(staged, ref.study_uid, ref.series_uid, ref.sop_uid, sync_folder=False)
+            except OSError as exc:
+                outcomes[i] = exc
+                continue
+            placed.append(_Placed(i, record, path, size))
         try:
-            if self._write_lock is not None:
-                with self._write_lock:
-                    old_path = self._index(record, placed, size)
-            else:
-                old_path = self._index(record, placed, size)
+            self.blobs.sync_folders(p.path.parent for p in placed)
+            old_paths = self._index_isolating(placed, outcomes)
         except BaseException:
-            self.blobs.remove(placed)
+            for p in placed:
+                self.blobs.remove(p.path)
             raise
-        if old_path is not None and old_path != self.blobs.relative(placed):
-            self.blobs.remove(self.blobs.absolute(old_path))
-        return old_path is not None
+        for p in placed:
+            if isinstance(outcomes[p.index], Exception):
+                continue
+            old = old_paths.get(p.index)
+            outcomes[p.index] = old is not None
+            if old is not None and old != self.blobs.relative(p.path):
+                self.blobs.remove(self.blobs.absolute(old))
+        return outcomes
 
-    def _index(self, record: InstanceRecord, placed: Path, size: int) -> str | None:
-        ref = record.ref
+    def _index_isolating(self, placed: list[_Placed], outcomes: list[bool | Exception]) -> dict[int, str | None]:
+        """Index the batch in one transaction; if that fails, each item alone, so that only the items
+        that fail by themselves are kept out (their files removed, their errors in ``outcomes``)."""
+        if not placed:
+            return {}
+        try:
+            return self._index_locked(placed)
+        except Exception as exc:
+            if len(placed) == 1:
+                self.blobs.remove(placed[0].path)
+                outcomes[placed[0].index] = exc
+                return {}
+        old_paths: dict[int, str | None] = {}
+        for p in placed:
+            try:
+                old_paths.update(self._index_locked([p]))
+            except Exception as exc:
+                self.blobs.remove(p.path)
+                outcomes[p.index] = exc
+        return old_paths
+
+    def _index_locked(self, placed: list[_Placed]) -> dict[int, str | None]:
+        with self._writing():
+            return self._index(placed)
+
+    def _writing(self) -> contextlib.AbstractContextManager[object]:
+        return self._writer.hold() if self._writer is not None else contextlib.nullcontext()
+
+    def _index(self, placed: list[_Placed]) -> dict[int, str | None]:
+        """Upsert the rows of each placed file and refresh the counts of every study touched, in one
+        transaction; returns each item's replaced file (relative path) or None."""
         now = datetime.now(UTC).isoformat()
-        columns = sql_search.index_values(record.study, record.series, record.instance)
+        old_paths: dict[int, str | None] = {}
+        touched: dict[str, set[str]] = {}
         with self.engine.begin() as conn:
-            old = conn.execute(writes.OLD_INSTANCE, {"sop_uid": ref.sop_uid}).first()
-            conn.execute(writes.UPSERT_STUDY, {
-                **columns[Level.STUDY], "study_uid": ref.study_uid,
-                "attributes": _dump(record.study), "updated_at": now,
-            })
-            conn.execute(writes.UPSERT_SERIES, {
-                **columns[Level.SERIES], "series_uid": ref.series_uid, "study_uid": ref.study_uid,
-                "attributes": _dump(record.series),
-            })
-            conn.execute(writes.UPSERT_INSTANCE, {
-                **columns[Level.INSTANCE], "sop_uid": ref.sop_uid, "series_uid": ref.series_uid,
-                "study_uid": ref.study_uid, "sop_class_uid": record.sop_class_uid,
-                "transfer_syntax": record.transfer_syntax, "number_of_frames": record.number_of_frames,
-                "path": self.blobs.relative(placed), "size": size, "attributes": _dump(record.instance),
-                "metadata": record.metadata, "stored_at": now,
-            })
-            moved_from: list[str] = []
-            if old is not None and old.series_uid != ref.series_uid:
-                moved_from = [old.series_uid]
-                old_study = _drop_empty_parents(conn, old.series_uid)
-                if old_study is not None and old_study != ref.study_uid:
-                    counts.refresh_study(conn, old_study, moved_from)
-            counts.refresh_study(conn, ref.study_uid, [ref.series_uid, *moved_from])
-        return None if old is None else str(old.path)
+            for p in placed:
+                record, ref = p.record, p.record.ref
+                columns = sql_search.index_values(record.study, record.series, record.instance)
+                old = conn.execute(writes.OLD_INSTANCE, {"sop_uid": ref.sop_uid}).first()
+                conn.execute(writes.UPSERT_STUDY, {
+                    **columns[Level.STUDY], "study_uid": ref.study_uid,
+                    "attributes": _dump(record.study), "updated_at": now,
+                })
+                conn.execute(writes.UPSERT_SERIES, {
+                    **columns[Level.SERIES], "series_uid": ref.series_uid, "study_uid": ref.study_uid,
+                    "attributes": _dump(record.series),
+                })
+                conn.execute(writes.UPSERT_INSTANCE, {
+                    **columns[Level.INSTANCE], "sop_uid": ref.sop_uid, "series_uid": ref.series_uid,
+                    "study_uid": ref.study_uid, "sop_class_uid": record.sop_class_uid,
+                    "transfer_syntax": record.transfer_syntax, "number_of_frames": record.number_of_frames,
+                    "path": self.blobs.relative(p.path), "size": p.size, "attributes": _dump(record.instance),
+                    "metadata": record.metadata, "stored_at": now,
+                })
+                touched.setdefault(ref.study_uid, set()).add(ref.series_uid)
+                if old is not None and old.series_uid != ref.series_uid:
+                    old_study = _drop_empty_parents(conn, old.series_uid)
+                    if old_study is not None:
+                        touched.setdefault(old_study, set()).add(old.series_uid)
+                old_paths[p.index] = None if old is None else str(old.path)
+            for study_uid, series_uids in touched.items():
+                counts.refresh_study(conn, study_uid, sorted(series_uids))
+        return old_paths
 
     # --- search and retrieve --------------------------------------------------------------------
 
@@ -193,8 +283,7 @@ class LocalArchive:
     async def delete(self, scope: Scope) -> int:
         def run() -> int:
             inst = schema.instances
-            lock = self._write_lock or threading.Lock()
-            with lock, self.engine.begin() as conn:
+            with self._writing(), self.engine.begin() as conn:
                 rows = conn.execute(select(inst.c.sop_uid, inst.c.series_uid, inst.c.path)
                                     .where(*self._scope_where(scope))).all()
                 if not rows:

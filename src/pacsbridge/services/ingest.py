@@ -1,7 +1,13 @@
 """Store instances, whichever door they came through (STOW-RS, C-STORE, file import).
 
-See: DESIGN.md rule 3; PS3.18 §10.5 and PS3.4 Annex B for the failure reasons. A failed instance
-leaves nothing behind: its spool file is removed and no index row is written.
+See: DESIGN.md rule 3; PS3.18 §10.5 and PS3.4 Annex B for the failure reasons.
+
+Rules:
+1. Two steps: ``receive`` reads and describes one spooled Part 10 file (synchronous: the caller runs
+   it in a worker thread, in the same hop that finished writing the file); ``store_received`` hands
+   a batch of received files to the archive, which indexes them in one transaction.
+2. A failed instance leaves nothing behind: its spool file is removed and no index row is written.
+   One bad instance never fails the others of its batch.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +36,15 @@ class IngestOptions:
     bulk_threshold: int = 1024
 
 
+@dataclass(frozen=True)
+class Received:
+    """A spooled file and what ``receive`` made of it: its record, or the failure to report."""
+
+    staged: Path
+    record: InstanceRecord | None = None
+    failure: StoreResult | None = None
+
+
 class IngestService:
     """The one way an instance enters pacsbridge."""
 
@@ -40,58 +56,91 @@ class IngestService:
     def new_spool_file(self) -> tuple[Path, BinaryIO]:
         return self.spool.new_spool_file()
 
+    def seal(self, fp: BinaryIO) -> None:
+        """Close a finished spool file durably (see ``Spool.seal``)."""
+        self.spool.seal(fp)
+
+    def receive(self, staged: Path) -> Received:
+        """Read and describe one spooled file (blocking; run it in a worker thread). Never raises:
+        a file that cannot be stored is removed and its failure returned."""
+        try:
+            return Received(staged, record=self._describe(staged))
+        except Rejected as exc:
+            failure = StoreResult(exc.sop_class_uid, exc.sop_uid, failure=exc.reason, reason=exc.message)
+        except Exception as exc:  # a header pydicom reads but cannot make sense of
+            failure = StoreResult("", "", failure=FailureReason.CANNOT_UNDERSTAND,
+                                  reason=f"unreadable DICOM: {type(exc).__name__}")
+        _discard(staged)
+        return Received(staged, failure=failure)
+
+    async def store_received(self, received: Sequence[Received], origin: Origin,
+                             expected_study: str | None = None) -> list[StoreResult]:
+        """Store a batch of received files; one result per file, in order. Every file is consumed."""
+        results: list[StoreResult | None] = [None] * len(received)
+        accepted: list[tuple[int, Received, InstanceRecord]] = []
+        for i, item in enumerate(received):
+            if item.record is None:
+                results[i] = item.failure or StoreResult("", "", failure=FailureReason.PROCESSING_FAILURE)
+            elif expected_study is not None and item.record.ref.study_uid != expected_study:
+                _discard(item.staged)
+                results[i] = StoreResult(
+                    item.record.sop_class_uid, item.record.ref.sop_uid,
+                    failure=FailureReason.STUDY_INSTANCE_UID_MISMATCH,
+                    reason="StudyInstanceUID differs from the study in the request URL")
+            else:
+                accepted.append((i, item, item.record))
+        if accepted:
+            outcomes = await self.archive.store_many([(item.staged, record) for _i, item, record in accepted])
+            for (i, item, record), outcome in zip(accepted, outcomes, strict=True):
+                results[i] = _result(item, record, outcome, origin)
+        stored = [r for r in results if r is not None and r.ok]
+        if stored:
+            replaced = sum(1 for r in stored if r.replaced)
+            log.info("stored %d instance(s) via %s%s", len(stored), origin.door,
+                     f" ({replaced} replaced)" if replaced else "")
+        return [r for r in results if r is not None]
+
     async def store_file(self, staged: Path, origin: Origin, expected_study: str | None = None) -> StoreResult:
         """Validate, index and keep one spooled Part 10 file; it is consumed either way."""
-        try:
-            record = await anyio.to_thread.run_sync(self._describe, staged)
-        except Rejected as exc:
-            _discard(staged)
-            return StoreResult(exc.sop_class_uid, exc.sop_uid, failure=exc.reason, reason=exc.message)
-        except Exception as exc:  # a header pydicom reads but cannot make sense of
-            _discard(staged)
-            return StoreResult("", "", failure=FailureReason.CANNOT_UNDERSTAND,
-                               reason=f"unreadable DICOM: {type(exc).__name__}")
-        if expected_study is not None and record.ref.study_uid != expected_study:
-            _discard(staged)
-            return StoreResult(
-                record.sop_class_uid, record.ref.sop_uid, failure=FailureReason.STUDY_INSTANCE_UID_MISMATCH,
-                reason="StudyInstanceUID differs from the study in the request URL",
-            )
-        try:
-            replaced = await self.archive.store(staged, record)
-        except OSError as exc:
-            _discard(staged)
-            failure = (FailureReason.OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                       else FailureReason.PROCESSING_FAILURE)
-            log.error("storing %s from %s failed: %s", record.ref.sop_uid, origin.door, exc)
-            return StoreResult(record.sop_class_uid, record.ref.sop_uid, failure=failure,
-                               reason="the archive could not write the instance")
-        except Exception:
-            _discard(staged)
-            log.exception("storing %s from %s failed", record.ref.sop_uid, origin.door)
-            return StoreResult(record.sop_class_uid, record.ref.sop_uid,
-                               failure=FailureReason.PROCESSING_FAILURE, reason="the archive failed")
-        log.info("stored %s via %s%s", record.ref.sop_uid, origin.door, " (replaced)" if replaced else "")
-        return StoreResult(record.sop_class_uid, record.ref.sop_uid, ref=record.ref, replaced=replaced)
+        received = await anyio.to_thread.run_sync(self.receive, staged)
+        return (await self.store_received([received], origin, expected_study))[0]
 
     def _describe(self, staged: Path) -> InstanceRecord:
         with open(staged, "rb") as fp:
             fix = lacks_preamble(fp.read(132))
             if fix:
-                _add_preamble(staged, fp)
+                self._add_preamble(staged, fp)
         with open(staged, "rb") as fp:
             ds, pixel_vr = read_header(fp)
         return describe(ds, pixel_vr, self.options.bulk_threshold)
 
+    def _add_preamble(self, staged: Path, fp: BinaryIO) -> None:
+        """Rewrite a spool file with the PS3.10 preamble in front (a sealed temp file, then rename)."""
+        fixed = staged.with_suffix(".preamble")
+        fp.seek(0)
+        with open(fixed, "wb") as out:
+            out.write(PREAMBLE)
+            shutil.copyfileobj(fp, out, 1 << 20)
+            self.spool.seal(out)
+        os.replace(fixed, staged)
 
-def _add_preamble(staged: Path, fp: BinaryIO) -> None:
-    """Rewrite a spool file in place with the PS3.10 preamble in front (a temp file, then rename)."""
-    fixed = staged.with_suffix(".preamble")
-    fp.seek(0)
-    with open(fixed, "wb") as out:
-        out.write(PREAMBLE)
-        shutil.copyfileobj(fp, out, 1 << 20)
-    os.replace(fixed, staged)
+
+def _result(item: Received, record: InstanceRecord, outcome: bool | Exception, origin: Origin) -> StoreResult:
+    """The StoreResult for one archive outcome: True/False (replaced or not) or the error that kept it out."""
+    sop = record.ref.sop_uid
+    if not isinstance(outcome, Exception):
+        log.debug("stored %s via %s%s", sop, origin.door, " (replaced)" if outcome else "")
+        return StoreResult(record.sop_class_uid, sop, ref=record.ref, replaced=outcome)
+    _discard(item.staged)
+    if isinstance(outcome, OSError):
+        failure = (FailureReason.OUT_OF_RESOURCES if outcome.errno in (errno.ENOSPC, errno.EDQUOT)
+                   else FailureReason.PROCESSING_FAILURE)
+        log.error("storing %s from %s failed: %s", sop, origin.door, outcome)
+        return StoreResult(record.sop_class_uid, sop, failure=failure,
+                           reason="the archive could not write the instance")
+    log.error("storing %s from %s failed", sop, origin.door, exc_info=outcome)
+    return StoreResult(record.sop_class_uid, sop, failure=FailureReason.PROCESSING_FAILURE,
+                       reason="the archive failed")
 
 
 def _discard(path: Path) -> None:

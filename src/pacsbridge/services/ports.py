@@ -8,6 +8,7 @@ at this seam: ``NotFound`` for an unknown UID, ``UpstreamUnavailable`` for a rem
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -28,7 +29,12 @@ class Spool(Protocol):
     """Where incoming instance bytes are written before they are stored (same file system)."""
 
     def new_spool_file(self) -> tuple[Path, BinaryIO]:
-        """A fresh file open for binary writing; the caller closes it and removes it on failure."""
+        """A fresh file open for binary writing; the caller seals it and removes it on failure."""
+        ...
+
+    def seal(self, fp: BinaryIO) -> None:
+        """Close a finished spool file, durably (fsync) where the store is durable; archives take
+        staged files as written once sealed, so that fsyncs run in the writers' threads, in parallel."""
         ...
 
 
@@ -40,6 +46,15 @@ class Archive(Protocol):
 
         The file is moved into place atomically; on any error nothing of it remains indexed, and the
         staged file is left for the caller to remove.
+        """
+        ...
+
+    async def store_many(self, items: Sequence[tuple[Path, InstanceRecord]]) -> list[bool | Exception]:
+        """``store`` for several files at once (one index transaction where the archive can).
+
+        One outcome per item, in order: True if it replaced an instance, False if new, or the exception
+        that kept it out (then nothing of it is indexed and its staged file, if still there, is the
+        caller's). One failing item never fails the others.
         """
         ...
 

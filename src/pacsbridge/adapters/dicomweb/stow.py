@@ -4,8 +4,9 @@ See: PS3.18 §10.5 (Store transaction), Annex I (Store Instances Response Module
 
 Rules:
 1. The body is parsed as it arrives; each part is written to a spool file and handed to a bounded
-   pipeline (PIPELINE parts at most) that validates and stores it while the next part is received, so
-   memory stays bounded whatever the body size. Results keep the parts' order.
+   pipeline (PIPELINE parts at most) that seals and describes it while the next part is received;
+   described parts are stored in batches of BATCH (one index transaction each), in order, so memory
+   and spool use stay bounded whatever the body size. Results keep the parts' order.
 2. Each part is stored or reported in FailedSOPSequence with its reason; a failed part leaves no file
    and no index row.
 3. 200 when all parts are stored; 202 when some failed; 409 when none was stored; 400 when the body
@@ -15,6 +16,7 @@ Rules:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,11 +30,13 @@ from ...domain.errors import InvalidInput, PacsbridgeError, TooLarge
 from ...domain.model import Origin
 from ...domain.store import FailureReason, StoreResult
 from ...formats.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_content_type
+from ...services.ingest import Received
 from .context import DicomwebContext, principal_of
 from .errors import error_response
 
 WRITE_BUFFER = 1 << 20
-PIPELINE = 3  # parts being validated and stored while the next one is received
+PIPELINE = 3  # parts being sealed and described while the next one is received
+BATCH = 16  # parts stored in one index transaction
 
 
 def _item(sop_class: str, sop: str) -> dict[str, Any]:
@@ -77,37 +81,52 @@ def response_dataset(results: list[StoreResult], base: str, other_failures: list
 
 
 class _PartSink:
-    """Writes the current part to a spool file, in 1 MiB writes done by a worker thread."""
+    """Writes the current part to a spool file: chunks are collected and written in 1 MiB batches by a
+    worker thread, and the last write, the seal and ``IngestService.receive`` share one thread hop."""
 
     def __init__(self, ctx: DicomwebContext) -> None:
-        self.ctx = ctx
+        self.ingest = ctx.ingest
         self.path: Path | None = None
         self.fp: BinaryIO | None = None
-        self.buffer = bytearray()
+        self.chunks: list[bytes] = []
+        self.buffered = 0
         self.acceptable = True
 
-    async def open(self, acceptable: bool) -> None:
+    def open(self, acceptable: bool) -> None:
         self.acceptable = acceptable
-        self.path, self.fp = await anyio.to_thread.run_sync(self.ctx.ingest.new_spool_file)
 
     async def write(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) >= WRITE_BUFFER and self.fp is not None:
-            chunk, self.buffer = bytes(self.buffer), bytearray()
-            await anyio.to_thread.run_sync(self.fp.write, chunk)
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered >= WRITE_BUFFER:
+            chunks, self.chunks, self.buffered = self.chunks, [], 0
+            await anyio.to_thread.run_sync(self._write, chunks)
 
-    async def finish(self) -> Path:
-        assert self.fp is not None and self.path is not None
-        fp, rest = self.fp, bytes(self.buffer)
+    def _write(self, chunks: list[bytes]) -> None:
+        if self.fp is None:
+            self.path, self.fp = self.ingest.new_spool_file()
+        self.fp.writelines(chunks)
 
-        def close() -> None:
-            fp.write(rest)
-            fp.close()
+    def finish(self) -> Callable[[], Received]:
+        """Hand the part over: a blocking call (for a worker thread) that writes what is left, seals the
+        file and receives it. The sink is ready for the next part at once."""
+        chunks, self.chunks, self.buffered = self.chunks, [], 0
+        ingest = self.ingest
+        opened = (self.path, self.fp)
+        self.path, self.fp = None, None
 
-        await anyio.to_thread.run_sync(close)
-        self.buffer.clear()
-        path, self.path, self.fp = self.path, None, None
-        return path
+        def complete() -> Received:
+            path, fp = opened
+            if fp is None:
+                path, fp = ingest.new_spool_file()
+            assert path is not None
+            try:
+                fp.writelines(chunks)
+            finally:
+                ingest.seal(fp)
+            return ingest.receive(path)
+
+        return complete
 
     def abandon(self) -> None:
         if self.fp is not None:
@@ -115,31 +134,71 @@ class _PartSink:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
         self.path, self.fp = None, None
-        self.buffer.clear()
+        self.chunks, self.buffered = [], 0
 
 
 class _Pipeline:
-    """Stores finished parts in the background, at most PIPELINE at a time, keeping their order."""
+    """Receives finished parts in the background (at most PIPELINE at a time) and stores them in
+    batches of BATCH, one batch at a time and in order, while the rest of the body arrives."""
 
     def __init__(self, ctx: DicomwebContext, tg: TaskGroup, origin: Origin, expected_study: str | None) -> None:
-        self.ctx, self.tg, self.origin, self.expected_study = ctx, tg, origin, expected_study
+        self.ingest, self.tg, self.origin, self.expected_study = ctx.ingest, tg, origin, expected_study
+        self.received: list[Received | None] = []
         self.results: list[StoreResult | None] = []
+        self.flushed = 0  # parts before this index are stored (or being stored)
         self.slots = anyio.Semaphore(PIPELINE)
+        self.waiting = anyio.Semaphore(2 * BATCH)  # received, not yet stored: bounds spool use
+        self.flush_lock = anyio.Lock()
 
-    async def submit(self, staged: Path) -> None:
-        index = len(self.results)
+    async def submit(self, complete: Callable[[], Received]) -> None:
+        index = len(self.received)
+        self.received.append(None)
         self.results.append(None)
+        await self.waiting.acquire()
         await self.slots.acquire()
-        self.tg.start_soon(self._store, index, staged)
+        self.tg.start_soon(self._receive, index, complete)
 
     def fail(self, result: StoreResult) -> None:
+        self.received.append(None)
         self.results.append(result)
 
-    async def _store(self, index: int, staged: Path) -> None:
+    async def _receive(self, index: int, complete: Callable[[], Received]) -> None:
         try:
-            self.results[index] = await self.ctx.ingest.store_file(staged, self.origin, self.expected_study)
+            self.received[index] = await anyio.to_thread.run_sync(complete)
         finally:
             self.slots.release()
+        if self._ready() - self.flushed >= BATCH:
+            await self.flush()
+
+    def _ready(self) -> int:
+        """The end of the run of parts, from ``flushed`` on, that are received or already failed."""
+        end = self.flushed
+        while end < len(self.received) and (self.received[end] is not None or self.results[end] is not None):
+            end += 1
+        return end
+
+    async def flush(self) -> None:
+        """Store every part received so far that directly follows the stored ones."""
+        async with self.flush_lock:
+            start, end = self.flushed, self._ready()
+            if start == end:
+                return
+            self.flushed = end
+            batch = [(i, r) for i in range(start, end) if (r := self.received[i]) is not None]
+            try:
+                results = await self.ingest.store_received([r for _i, r in batch], self.origin, self.expected_study)
+            finally:
+                for i, _r in batch:
+                    self.received[i] = None
+                    self.waiting.release()
+            for (i, _r), result in zip(batch, results, strict=True):
+                self.results[i] = result
+
+    def discard_unstored(self) -> None:
+        """Remove the spool files of received parts that will not be stored (the request was cancelled)."""
+        for i, r in enumerate(self.received):
+            if r is not None and self.results[i] is None:
+                r.staged.unlink(missing_ok=True)
 
     def done(self) -> list[StoreResult]:
         return [r for r in self.results if r is not None]
@@ -169,34 +228,42 @@ async def store(ctx: DicomwebContext, request: Request) -> Response:
     # Errors are kept and raised after the task group has finished the parts already handed to it
     # (raised inside, they would arrive wrapped in an ExceptionGroup).
     error: PacsbridgeError | None = None
-    async with anyio.create_task_group() as tg:
-        pipeline = _Pipeline(ctx, tg, origin, expected_study)
-        try:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if limit and received > limit:
-                    raise TooLarge(f"the STOW-RS body exceeds the configured {limit} bytes")
-                for event in parser.feed(chunk):
+    pipeline: _Pipeline | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            pipeline = _Pipeline(ctx, tg, origin, expected_study)
+            try:
+                async for chunk in request.stream():
+                    received += len(chunk)
+                    if limit and received > limit:
+                        raise TooLarge(f"the STOW-RS body exceeds the configured {limit} bytes")
+                    for event in parser.feed(chunk):
+                        await _on_event(event, sink, pipeline)
+                for event in parser.close():
                     await _on_event(event, sink, pipeline)
-            for event in parser.close():
-                await _on_event(event, sink, pipeline)
-        except (InvalidInput, TooLarge) as exc:
-            # Parts stored before the body broke (or grew too large) stay stored and are reported.
-            sink.abandon()
-            if pipeline.results:
-                other_failures.append(exc.message)
-            else:
-                error = exc
-        except ClientDisconnect:
-            sink.abandon()
-            disconnected = True
-        except BaseException:
-            sink.abandon()
-            raise
+            except (InvalidInput, TooLarge) as exc:
+                # Parts stored before the body broke (or grew too large) stay stored and are reported.
+                sink.abandon()
+                if pipeline.received:
+                    other_failures.append(exc.message)
+                else:
+                    error = exc
+            except ClientDisconnect:
+                sink.abandon()
+                disconnected = True
+            except BaseException:
+                sink.abandon()
+                raise
+        await pipeline.flush()  # parts received before the body ended, broke or was cut are stored
+    except BaseException:
+        if pipeline is not None:
+            pipeline.discard_unstored()
+        raise
     if error is not None:
         raise error
     if disconnected:
         return Response(status_code=400)
+    assert pipeline is not None
     results = pipeline.done()
     if not results and not other_failures:
         raise InvalidInput("the request holds no parts")
@@ -210,7 +277,7 @@ def _origin(request: Request) -> Origin:
 async def _on_event(event: object, sink: _PartSink, pipeline: _Pipeline) -> None:
     if isinstance(event, PartStart):
         part_media = parse_content_type(event.headers.get("content-type", "application/dicom"))[0]
-        await sink.open(acceptable=part_media == "application/dicom")
+        sink.open(acceptable=part_media == "application/dicom")
     elif isinstance(event, PartData):
         await sink.write(event.data)
     elif isinstance(event, PartEnd):
@@ -219,23 +286,22 @@ async def _on_event(event: object, sink: _PartSink, pipeline: _Pipeline) -> None
             pipeline.fail(StoreResult("", "", failure=FailureReason.CANNOT_UNDERSTAND,
                                       reason="part is not application/dicom"))
             return
-        await pipeline.submit(await sink.finish())
+        await pipeline.submit(sink.finish())
 
 
 async def _store_single(ctx: DicomwebContext, request: Request, expected_study: str | None) -> Response:
     """A bare application/dicom body: one instance (a vendor extension some clients use)."""
     origin = _origin(request)
     sink = _PartSink(ctx)
-    await sink.open(acceptable=True)
     try:
         async for chunk in request.stream():
             await sink.write(chunk)
-        staged = await sink.finish()
     except BaseException:
         sink.abandon()
         raise
-    result = await ctx.ingest.store_file(staged, origin, expected_study)
-    return _answer([result], [], ctx.base_url(request))
+    received = await anyio.to_thread.run_sync(sink.finish())
+    results = await ctx.ingest.store_received([received], origin, expected_study)
+    return _answer(results, [], ctx.base_url(request))
 
 
 def _answer(results: list[StoreResult], other_failures: list[str], base: str) -> Response:
