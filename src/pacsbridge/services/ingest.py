@@ -13,6 +13,7 @@ Rules:
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import shutil
@@ -60,11 +61,15 @@ class IngestService:
         """Close a finished spool file durably (see ``Spool.seal``)."""
         self.spool.seal(fp)
 
-    def receive(self, staged: Path) -> Received:
+    def receive(self, staged: Path, content: bytes | None = None) -> Received:
         """Read and describe one spooled file (blocking; run it in a worker thread). Never raises:
-        a file that cannot be stored is removed and its failure returned."""
+        a file that cannot be stored is removed and its failure returned.
+
+        ``content``, the whole file when the caller still has it in memory, is parsed instead of the
+        file: pydicom's many small seeks and reads on a file are each a system call.
+        """
         try:
-            return Received(staged, record=self._describe(staged))
+            return Received(staged, record=self._describe(staged, content))
         except Rejected as exc:
             failure = StoreResult(exc.sop_class_uid, exc.sop_uid, failure=exc.reason, reason=exc.message)
         except Exception as exc:  # a header pydicom reads but cannot make sense of
@@ -105,7 +110,14 @@ class IngestService:
         received = await anyio.to_thread.run_sync(self.receive, staged)
         return (await self.store_received([received], origin, expected_study))[0]
 
-    def _describe(self, staged: Path) -> InstanceRecord:
+    def _describe(self, staged: Path, content: bytes | None = None) -> InstanceRecord:
+        if content is not None:
+            if lacks_preamble(content[:132]):
+                with open(staged, "rb") as fp:
+                    self._add_preamble(staged, fp)
+                content = PREAMBLE + content
+            ds, pixel_vr = read_header(io.BytesIO(content))
+            return describe(ds, pixel_vr, self.options.bulk_threshold)
         with open(staged, "rb") as fp:
             fix = lacks_preamble(fp.read(132))
             if fix:

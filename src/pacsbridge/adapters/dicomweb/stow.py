@@ -117,14 +117,17 @@ class _PartSink:
 
         def complete() -> Received:
             path, fp = opened
-            if fp is None:
+            content = None
+            if fp is None:  # the whole part is in memory: one write, and the header parsed from memory
                 path, fp = ingest.new_spool_file()
+                content = b"".join(chunks)
+                chunks[:] = [content]
             assert path is not None
             try:
                 fp.writelines(chunks)
             finally:
                 ingest.seal(fp)
-            return ingest.receive(path)
+            return ingest.receive(path, content)
 
         return complete
 
