@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
+from . import allocator
 from .adapters.auth import AccessMiddleware, open_access
 from .adapters.dicomweb.context import DicomwebConfig, DicomwebContext
 from .adapters.dicomweb.errors import handle_domain_error
@@ -103,4 +104,5 @@ def app_from_environment() -> Starlette:
 
     settings = from_worker_environment(os.environ[RESOLVED_ENV])
     configure_logging(settings.log_level)
+    allocator.tune()
     return build_app(settings)

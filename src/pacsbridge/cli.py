@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import allocator
 from .logs import configure_logging
 from .settings import Settings, load_settings, masked
 
@@ -31,6 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.log_level)
+    allocator.tune()
     if args.demo:
         _import_demo(settings)
     print(f"pacsbridge: DICOMweb at http://{settings.host}:{settings.port}{settings.dicomweb.root} "

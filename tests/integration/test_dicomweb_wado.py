@@ -210,3 +210,35 @@ def test_a_broken_stored_object_is_a_server_error_not_a_bad_request(server: Runn
                   f"{ds.SOPInstanceUID}/frames/1", headers=octets)
     assert r.status_code == 500
     assert "Pixel Data" in r.json()["message"]
+
+
+def test_a_study_sent_as_stored_has_an_exact_content_length(server: RunningServer) -> None:
+    """Every part as stored: the length is known from the index, so the body is not chunked."""
+    study_uid = generate_uid()
+    parts = [instance(study_uid, number=n) for n in range(1, 4)]
+    body, content_type = stow_body(parts)
+    assert httpx.post(server.dicomweb + "/studies", content=body, headers={"Content-Type": content_type}
+                      ).status_code == 200
+    with httpx.stream("GET", f"{server.dicomweb}/studies/{study_uid}",
+                      headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}) as r:
+        assert r.status_code == 200
+        assert "transfer-encoding" not in r.headers
+        data = r.read()
+    assert int(r.headers["content-length"]) == len(data)
+    got = split_multipart(data, r.headers["content-type"])
+    assert sorted(read_dataset(d).SOPInstanceUID for _, d in got) == sorted(p.SOPInstanceUID for p in parts)
+
+
+def test_a_stored_file_changed_behind_the_index_cuts_the_body_short(server: RunningServer) -> None:
+    """A file whose size no longer matches its index row is not sent as if it did: the body stops (the
+    client sees an incomplete message) instead of carrying a corrupt part under a promised length."""
+    study_uid = generate_uid()
+    parts = [instance(study_uid, number=n) for n in range(1, 3)]
+    body, content_type = stow_body(parts)
+    assert httpx.post(server.dicomweb + "/studies", content=body, headers={"Content-Type": content_type}
+                      ).status_code == 200
+    victim = next(p for p in (server.settings.data_dir / "files").rglob(f"{parts[1].SOPInstanceUID}.*.dcm"))
+    victim.write_bytes(victim.read_bytes()[:-10])
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(f"{server.dicomweb}/studies/{study_uid}",
+                  headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ...domain.errors import InvalidInput, NotFound
+from ...domain.errors import CorruptData, InvalidInput, NotFound
 from ...domain.model import Scope, StoredInstance
 from ...formats.media import MediaRange
 from ...formats.multipart import MultipartWriter, multipart_related_type, new_boundary
@@ -59,9 +59,14 @@ async def retrieve_instances(ctx: DicomwebContext, request: Request) -> Response
     def as_stored(stored: StoredInstance) -> bool:
         return _target(stored, choice.transfer_syntax) == stored.transfer_syntax
 
+    def header(stored: StoredInstance, ts: str) -> bytes:
+        extra = {"Content-Length": str(stored.size)} if ts == stored.transfer_syntax else {}
+        return writer.part_header(f"application/dicom; transfer-syntax={ts}", extra)
+
     async def body() -> AsyncIterator[bytes]:
-        # Small instances sent as stored go in batches: one worker call reads them, one chunk
-        # carries their parts (a CT study is hundreds of 0.5 MB files). Others stream chunk by chunk.
+        # Small instances sent as stored are read in batches (one worker call for many 0.5 MB files);
+        # file bytes go out as they were read, never joined with the small framing pieces around them.
+        pending = b""  # framing to send before the next data: the previous part's end, the next header
         batch: list[StoredInstance] = []
         for index, stored in enumerate(found):
             if as_stored(stored) and stored.size <= SMALL_FILE:
@@ -71,23 +76,37 @@ async def retrieve_instances(ctx: DicomwebContext, request: Request) -> Response
                         and sum(s.size for s in batch) < BATCH_BYTES):
                     continue
                 datas = await ctx.retrieve.read_whole(batch)
-                chunks: list[bytes] = []
                 for member, data in zip(batch, datas, strict=True):
-                    chunks += [writer.part_header(f"application/dicom; transfer-syntax={member.transfer_syntax}",
-                                                  {"Content-Length": str(len(data))}), data, writer.part_end()]
+                    _check_size(member, len(data))
+                    yield pending + header(member, member.transfer_syntax)
+                    yield data
+                    pending = writer.part_end()
                 batch = []
-                yield b"".join(chunks)
                 continue
             ts = _target(stored, choice.transfer_syntax)
-            headers = {"Content-Length": str(stored.size)} if ts == stored.transfer_syntax else {}
-            yield writer.part_header(f"application/dicom; transfer-syntax={ts}", headers)
+            yield pending + header(stored, ts)
+            sent = 0
             async for chunk in ctx.retrieve.instance_bytes(stored, ts):
+                sent += len(chunk)
                 yield chunk
-            yield writer.part_end()
-        yield writer.close()
+            if ts == stored.transfer_syntax:
+                _check_size(stored, sent)
+            pending = writer.part_end()
+        yield pending + writer.close()
 
-    media = multipart_related_type("application/dicom", boundary)
-    return StreamingResponse(body(), headers={"Content-Type": media})
+    headers = {"Content-Type": multipart_related_type("application/dicom", boundary)}
+    if all(as_stored(s) for s in found):
+        # Every length is known from the index: the client gets a Content-Length and no chunked framing.
+        total = sum(len(header(s, s.transfer_syntax)) + s.size + len(writer.part_end()) for s in found)
+        headers["Content-Length"] = str(total + len(writer.close()))
+    return StreamingResponse(body(), headers=headers)
+
+
+def _check_size(stored: StoredInstance, size: int) -> None:
+    """A stored file must have the size its index row says (file names are unique, files never change);
+    otherwise the body already promised would be wrong: stop it rather than send a corrupt one."""
+    if size != stored.size:
+        raise CorruptData(f"stored file of {stored.ref.sop_uid} has {size} bytes, its index row says {stored.size}")
 
 
 def _target(stored: StoredInstance, wanted: str | None) -> str:
