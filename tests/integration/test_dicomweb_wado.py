@@ -242,3 +242,40 @@ def test_a_stored_file_changed_behind_the_index_cuts_the_body_short(server: Runn
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.get(f"{server.dicomweb}/studies/{study_uid}",
                   headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+
+
+def test_frames_come_from_the_layout_kept_at_ingest_and_without_it_from_the_file(server: RunningServer) -> None:
+    """The index row's pixel_layout is what a frame request reads by (shifting it shifts the frame);
+    a row without one (stored before schema v3) is served by parsing the file, with the same bytes."""
+    import json
+    import sqlite3
+
+    ds = instance(rows=4, columns=4)
+    ds.PixelData = np.arange(16, dtype="<u2").tobytes()
+    body, content_type = stow_body([ds])
+    assert httpx.post(server.dicomweb + "/studies", content=body, headers={"Content-Type": content_type}
+                      ).status_code == 200
+    url = (f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+           f"{ds.SOPInstanceUID}/frames/1")
+    octets = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
+
+    def frame() -> bytes:
+        r = httpx.get(url, headers=octets)
+        assert r.status_code == 200, r.text
+        ((_, data),) = split_multipart(r.content, r.headers["content-type"])
+        return data
+
+    assert frame() == ds.PixelData
+    db = sqlite3.connect(server.settings.data_dir / "index.sqlite")
+    (layout,) = db.execute("SELECT pixel_layout FROM instances WHERE sop_uid = ?", (ds.SOPInstanceUID,)).fetchone()
+    values = json.loads(layout)
+    assert (values["rows"], values["columns"], values["pixel_length"]) == (4, 4, 32)
+    values["pixel_offset"] -= 2  # two bytes earlier: the end of the element's length field
+    with db:
+        db.execute("UPDATE instances SET pixel_layout = ?", (json.dumps(values),))
+    shifted = frame()
+    assert shifted != ds.PixelData and shifted[2:] == ds.PixelData[:-2]
+    with db:
+        db.execute("UPDATE instances SET pixel_layout = NULL")
+    assert frame() == ds.PixelData
+    db.close()

@@ -297,3 +297,23 @@ def test_reading_one_frame_of_a_large_object_holds_one_frame(tmp_path: Path) -> 
         finally:
             tracemalloc.stop()
     assert peak < 4 * 256 * 256 * 2
+
+
+@pytest.mark.parametrize("table", ["basic", "empty", "extended"])
+def test_the_layout_kept_at_ingest_is_the_one_read_from_the_file(tmp_path: Path, table: str) -> None:
+    """part10.pixel_layout (ingest) and frames.pixel_info (read time) agree, through JSON and back,
+    extended offset tables included; frames read with the kept layout are the file's frames."""
+    from pacsbridge.formats.frames import layout_from_json, layout_to_json
+    from pacsbridge.formats.part10 import pixel_layout, read_header
+
+    arr = ramp(3, 16, 16, "u1", step=1)
+    path = write_jpeg_baseline(tmp_path / "j.dcm", arr, table=table)
+    with path.open("rb") as fp:
+        ds, pixel_vr = read_header(fp)
+        layout = pixel_layout(ds, fp)
+    assert pixel_vr is not None and layout is not None
+    kept = layout_from_json(layout)
+    expected, info = frames_of(path)
+    assert kept == info and layout_to_json(kept) == layout
+    with path.open("rb") as fp:
+        assert list(read_frames(fp, [1, 2, 3], kept)) == expected

@@ -201,7 +201,7 @@ class LocalArchive:
                     "study_uid": ref.study_uid, "sop_class_uid": record.sop_class_uid,
                     "transfer_syntax": record.transfer_syntax, "number_of_frames": record.number_of_frames,
                     "path": self.blobs.relative(p.path), "size": p.size, "attributes": _dump(record.instance),
-                    "metadata": record.metadata, "stored_at": now,
+                    "metadata": record.metadata, "stored_at": now, "pixel_layout": record.pixel_layout,
                 })
                 touched.setdefault(ref.study_uid, set()).add(ref.series_uid)
                 if old is not None and old.series_uid != ref.series_uid:
@@ -254,7 +254,7 @@ class LocalArchive:
             StoredInstance(
                 ref=InstanceRef(r.study_uid, r.series_uid, r.sop_uid), sop_class_uid=r.sop_class_uid,
                 transfer_syntax=r.transfer_syntax, path=str(self.blobs.absolute(r.path)), size=r.size,
-                number_of_frames=r.number_of_frames, patient_id=r.patient_id,
+                number_of_frames=r.number_of_frames, patient_id=r.patient_id, pixel_layout=r.pixel_layout,
             )
             for r in rows
         ]

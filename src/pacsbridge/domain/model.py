@@ -79,6 +79,7 @@ class StoredInstance:
     size: int
     number_of_frames: int
     patient_id: str | None = None
+    pixel_layout: str | None = None  # where Pixel Data sits (formats/frames.py), found at ingest
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class InstanceRecord:
     instance: DicomJson
     metadata: str
     number_of_frames: int
+    pixel_layout: str | None = None  # JSON of formats.frames.PixelInfo; None: no frame access
 
 
 BULK_BASE = "pacsbridge-bulk-base:"

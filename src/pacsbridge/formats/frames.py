@@ -21,6 +21,8 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +113,18 @@ def read_header(fp: BinaryIO) -> tuple[Dataset, PixelInfo]:
     """
     dataset = read_dataset(fp)
     return dataset, locate_pixel_data(dataset, fp)
+
+
+def layout_to_json(info: PixelInfo) -> str:
+    """A PixelInfo as JSON text, to be kept in the index at ingest."""
+    return json.dumps(dataclasses.asdict(info), separators=(",", ":"))
+
+
+def layout_from_json(text: str) -> PixelInfo:
+    """The PixelInfo kept by ``layout_to_json``."""
+    values = json.loads(text)
+    eot = values.pop("extended_offsets", None)
+    return PixelInfo(**values, extended_offsets=None if eot is None else (tuple(eot[0]), tuple(eot[1])))
 
 
 def pixel_info(fp: BinaryIO) -> PixelInfo:

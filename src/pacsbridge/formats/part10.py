@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from typing import BinaryIO, Literal
 
 import pydicom
@@ -15,11 +16,12 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from ..domain.errors import InvalidInput
+from ..domain.errors import InvalidInput, PacsbridgeError
 from ..domain.levels import split_levels
 from ..domain.model import BULK_BASE, InstanceRecord, InstanceRef
 from ..domain.store import FailureReason
 from .dicom_json import dataset_to_json
+from .frames import layout_to_json, locate_pixel_data
 
 STORAGE_SOP_CLASSES: frozenset[str] = frozenset(
     uid for uid, (name, kind, *_rest) in UID_dictionary.items()
@@ -56,7 +58,10 @@ PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
 def read_header(fp: BinaryIO) -> tuple[Dataset, str | None]:
-    """The dataset without pixel data, and the VR of the pixel element that follows (None if none)."""
+    """The dataset without pixel data, and the VR of the pixel element that follows (None if none).
+
+    ``fp`` is left at that element, so that ``pixel_layout`` can be called next.
+    """
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except (InvalidDicomError, EOFError) as exc:
@@ -66,7 +71,9 @@ def read_header(fp: BinaryIO) -> tuple[Dataset, str | None]:
         raise Rejected(FailureReason.CANNOT_UNDERSTAND, f"unreadable DICOM: {type(exc).__name__}") from exc
     if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
         raise Rejected(FailureReason.CANNOT_UNDERSTAND, "no File Meta Information (PS3.10 §7.1)")
+    tag_offset = fp.tell()
     head = fp.read(8)
+    fp.seek(tag_offset)  # leave the file at the element after the header, for ``pixel_layout``
     pixel_vr = None
     if len(head) >= 4:
         big = ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
@@ -97,7 +104,18 @@ def _uid(ds: Dataset, keyword: str, sop_class: str, sop: str) -> str:
     return value
 
 
-def describe(ds: Dataset, pixel_vr: str | None, bulk_threshold: int = 1024) -> InstanceRecord:
+def pixel_layout(ds: Dataset, fp: BinaryIO) -> str | None:
+    """Where the Pixel Data value of the file sits (``frames.PixelInfo`` as JSON), read right after
+    ``read_header``; None when frames cannot be cut from it (no pixel data, float pixels, a broken
+    element): frame requests then parse the file and report why."""
+    try:
+        return layout_to_json(locate_pixel_data(ds, fp))
+    except (PacsbridgeError, ValueError, struct.error):
+        return None
+
+
+def describe(ds: Dataset, pixel_vr: str | None, bulk_threshold: int = 1024,
+             layout: str | None = None) -> InstanceRecord:
     """Validate an instance header and compute everything the index keeps about it."""
     sop_class = str(ds.get("SOPClassUID", "") or "").strip()
     sop = str(ds.get("SOPInstanceUID", "") or "").strip()
@@ -145,4 +163,5 @@ def describe(ds: Dataset, pixel_vr: str | None, bulk_threshold: int = 1024) -> I
         instance=instance_attrs,
         metadata=json.dumps(dict(sorted(metadata.items())), ensure_ascii=False, separators=(",", ":")),
         number_of_frames=frames if pixel_vr is not None else 0,
+        pixel_layout=layout if pixel_vr is not None else None,
     )

@@ -26,7 +26,7 @@ import anyio.to_thread
 
 from ..domain.model import InstanceRecord, Origin
 from ..domain.store import FailureReason, StoreResult
-from ..formats.part10 import PREAMBLE, Rejected, describe, lacks_preamble, read_header
+from ..formats.part10 import PREAMBLE, Rejected, describe, lacks_preamble, pixel_layout, read_header
 from .ports import Archive, Spool
 
 log = logging.getLogger(__name__)
@@ -116,15 +116,18 @@ class IngestService:
                 with open(staged, "rb") as fp:
                     self._add_preamble(staged, fp)
                 content = PREAMBLE + content
-            ds, pixel_vr = read_header(io.BytesIO(content))
-            return describe(ds, pixel_vr, self.options.bulk_threshold)
+            buffer = io.BytesIO(content)
+            ds, pixel_vr = read_header(buffer)
+            layout = pixel_layout(ds, buffer) if pixel_vr else None
+            return describe(ds, pixel_vr, self.options.bulk_threshold, layout)
         with open(staged, "rb") as fp:
             fix = lacks_preamble(fp.read(132))
             if fix:
                 self._add_preamble(staged, fp)
         with open(staged, "rb") as fp:
             ds, pixel_vr = read_header(fp)
-        return describe(ds, pixel_vr, self.options.bulk_threshold)
+            layout = pixel_layout(ds, fp) if pixel_vr else None
+        return describe(ds, pixel_vr, self.options.bulk_threshold, layout)
 
     def _add_preamble(self, staged: Path, fp: BinaryIO) -> None:
         """Rewrite a spool file with the PS3.10 preamble in front (a sealed temp file, then rename)."""

@@ -104,8 +104,12 @@ class RetrieveService:
 
     # --- frames, bulk data, rendered ------------------------------------------------------------
 
-    def _pixel_info(self, path: str, fp: BinaryIO) -> frame_codec.PixelInfo:
-        """PixelInfo by path, cached: a stored file's name changes whenever its content does."""
+    def _pixel_info(self, stored: StoredInstance, fp: BinaryIO) -> frame_codec.PixelInfo:
+        """Where the frames are: the layout kept at ingest, or (rows stored before schema v3) the file's
+        header parsed once and cached by path (a stored file's name changes whenever its content does)."""
+        if stored.pixel_layout is not None:
+            return frame_codec.layout_from_json(stored.pixel_layout)
+        path = stored.path
         info = self._pixel_infos.get(path)
         if info is None:
             info = frame_codec.pixel_info(fp)
@@ -126,7 +130,7 @@ class RetrieveService:
         if len(numbers) <= SMALL_FRAME_REQUEST:
             def read_all() -> list[bytes]:
                 with open(stored.path, "rb") as fp:
-                    info = self._pixel_info(stored.path, fp)
+                    info = self._pixel_info(stored, fp)
                     return [frame_codec.frame_as(f, info, wanted_ts)
                             for f in frame_codec.read_frames(fp, numbers, info)]
 
@@ -134,7 +138,7 @@ class RetrieveService:
 
         fp = await anyio.to_thread.run_sync(open, stored.path, "rb")
         try:
-            info = await anyio.to_thread.run_sync(self._pixel_info, stored.path, fp)
+            info = await anyio.to_thread.run_sync(self._pixel_info, stored, fp)
             raw = await anyio.to_thread.run_sync(frame_codec.read_frames, fp, numbers, info)
 
             def next_frame() -> bytes | None:

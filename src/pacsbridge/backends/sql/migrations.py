@@ -101,7 +101,15 @@ def _counts_v2(conn: Connection) -> None:
         refresh_study(conn, study_uid)
 
 
-MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2)
+def _pixel_layout_v3(conn: Connection) -> None:
+    """Keep where each instance's Pixel Data sits, so that a frame is one read at a known offset.
+
+    Rows stored before stay NULL: their frames are found by parsing the header, as before.
+    """
+    conn.execute(text("ALTER TABLE instances ADD COLUMN pixel_layout TEXT"))
+
+
+MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3)
 
 
 def current_version(conn: Connection) -> int:

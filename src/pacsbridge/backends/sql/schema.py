@@ -76,6 +76,7 @@ instances = Table(
     Column("attributes", Text, nullable=False),
     Column("metadata", Text, nullable=False),
     Column("stored_at", String(32), nullable=False),
+    Column("pixel_layout", Text),
 )
 Index("ix_instances_series", instances.c.series_uid, instances.c.instance_number)
 Index("ix_instances_study", instances.c.study_uid)

@@ -54,7 +54,8 @@ _ORDER = "ORDER BY i.series_uid, coalesce(i.instance_number, 0), i.sop_uid"
 LOCATE = {
     level: text(
         "SELECT i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.path, i.size, "
-        f"i.number_of_frames, s.patient_id FROM instances i JOIN studies s ON s.study_uid = i.study_uid "
+        "i.number_of_frames, i.pixel_layout, s.patient_id "
+        "FROM instances i JOIN studies s ON s.study_uid = i.study_uid "
         f"WHERE {where} {_ORDER}"
     )
     for level, where in _SCOPES.items()
