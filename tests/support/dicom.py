@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from pacsbridge.domain.model import InstanceRecord
-from pacsbridge.formats.part10 import describe, pixel_layout, read_header
+from pacsbridge.formats.part10 import read_record
 from pacsbridge.synthetic import StudySpec, make_instance
 
 
@@ -47,6 +47,4 @@ def write(ds: Dataset, folder: Path) -> Path:
 
 def record_of(path: Path) -> InstanceRecord:
     with open(path, "rb") as fp:
-        ds, pixel_vr = read_header(fp)
-        layout = pixel_layout(ds, fp) if pixel_vr else None
-    return describe(ds, pixel_vr, layout=layout)
+        return read_record(fp)

@@ -43,18 +43,17 @@ class BlobStore:
         finally:
             fp.close()
 
-    def place(self, spooled: Path, study_uid: str, series_uid: str, sop_uid: str, sync_folder: bool = True) -> Path:
+    def place(self, spooled: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Move a sealed spool file to its final, unique place, returning the new path.
 
-        The rename is durable once its folder is fsync'd: here, or by ``sync_folders`` for a batch.
+        The rename is durable only once its folder is fsync'd: the caller does that with
+        ``sync_folders``, once per folder for a whole batch.
         """
         shard = hashlib.sha1(study_uid.encode()).hexdigest()[:2]
         folder = self.files_dir / shard / study_uid / series_uid
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{sop_uid}.{secrets.token_hex(4)}.dcm"
         os.rename(spooled, target)
-        if sync_folder:
-            self.sync_folders([folder])
         return target
 
     def sync_folders(self, folders: Iterable[Path]) -> None:

@@ -97,8 +97,7 @@ class LocalArchive:
     def __init__(self, engine: Engine, blobs: BlobStore) -> None:
         self.engine = engine
         self.blobs = blobs
-        self._sqlite = engine.dialect.name == "sqlite"
-        database = engine.url.database if self._sqlite else None
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
         self._writer = _SqliteWriter(Path(database)) if database and database != ":memory:" else None
 
     @classmethod
@@ -128,7 +127,7 @@ class LocalArchive:
             ref = record.ref
             try:
                 size = staged.stat().st_size
-                path = self.blobs.place(staged, ref.study_uid, ref.series_uid, ref.sop_uid, sync_folder=False)
+                path = self.blobs.place(staged, ref.study_uid, ref.series_uid, ref.sop_uid)
             except OSError as exc:
                 outcomes[i] = exc
                 continue

@@ -114,6 +114,14 @@ def pixel_layout(ds: Dataset, fp: BinaryIO) -> str | None:
         return None
 
 
+def read_record(fp: BinaryIO, bulk_threshold: int = 1024) -> InstanceRecord:
+    """Read a Part 10 file's header and describe it, its pixel layout included (``Rejected`` if it
+    cannot be stored)."""
+    ds, pixel_vr = read_header(fp)
+    layout = pixel_layout(ds, fp) if pixel_vr is not None else None
+    return describe(ds, pixel_vr, bulk_threshold, layout)
+
+
 def describe(ds: Dataset, pixel_vr: str | None, bulk_threshold: int = 1024,
              layout: str | None = None) -> InstanceRecord:
     """Validate an instance header and compute everything the index keeps about it."""

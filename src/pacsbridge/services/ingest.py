@@ -26,7 +26,7 @@ import anyio.to_thread
 
 from ..domain.model import InstanceRecord, Origin
 from ..domain.store import FailureReason, StoreResult
-from ..formats.part10 import PREAMBLE, Rejected, describe, lacks_preamble, pixel_layout, read_header
+from ..formats.part10 import PREAMBLE, Rejected, lacks_preamble, read_record
 from .ports import Archive, Spool
 
 log = logging.getLogger(__name__)
@@ -111,23 +111,14 @@ class IngestService:
         return (await self.store_received([received], origin, expected_study))[0]
 
     def _describe(self, staged: Path, content: bytes | None = None) -> InstanceRecord:
-        if content is not None:
-            if lacks_preamble(content[:132]):
-                with open(staged, "rb") as fp:
-                    self._add_preamble(staged, fp)
-                content = PREAMBLE + content
-            buffer = io.BytesIO(content)
-            ds, pixel_vr = read_header(buffer)
-            layout = pixel_layout(ds, buffer) if pixel_vr else None
-            return describe(ds, pixel_vr, self.options.bulk_threshold, layout)
-        with open(staged, "rb") as fp:
-            fix = lacks_preamble(fp.read(132))
-            if fix:
+        head = content[:132] if content is not None else _read_head(staged)
+        if lacks_preamble(head):
+            with open(staged, "rb") as fp:
                 self._add_preamble(staged, fp)
-        with open(staged, "rb") as fp:
-            ds, pixel_vr = read_header(fp)
-            layout = pixel_layout(ds, fp) if pixel_vr else None
-        return describe(ds, pixel_vr, self.options.bulk_threshold, layout)
+            if content is not None:
+                content = PREAMBLE + content
+        with io.BytesIO(content) if content is not None else open(staged, "rb") as source:
+            return read_record(source, self.options.bulk_threshold)
 
     def _add_preamble(self, staged: Path, fp: BinaryIO) -> None:
         """Rewrite a spool file with the PS3.10 preamble in front (a sealed temp file, then rename)."""
@@ -156,6 +147,11 @@ def _result(item: Received, record: InstanceRecord, outcome: bool | Exception, o
     log.error("storing %s from %s failed", sop, origin.door, exc_info=outcome)
     return StoreResult(record.sop_class_uid, sop, failure=FailureReason.PROCESSING_FAILURE,
                        reason="the archive failed")
+
+
+def _read_head(path: Path) -> bytes:
+    with open(path, "rb") as fp:
+        return fp.read(132)
 
 
 def _discard(path: Path) -> None:

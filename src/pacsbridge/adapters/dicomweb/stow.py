@@ -121,10 +121,12 @@ class _PartSink:
             if fp is None:  # the whole part is in memory: one write, and the header parsed from memory
                 path, fp = ingest.new_spool_file()
                 content = b"".join(chunks)
-                chunks[:] = [content]
             assert path is not None
             try:
-                fp.writelines(chunks)
+                if content is None:
+                    fp.writelines(chunks)
+                else:
+                    fp.write(content)
             finally:
                 ingest.seal(fp)
             return ingest.receive(path, content)
