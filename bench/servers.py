@@ -144,6 +144,8 @@ def pacsbridge(parent: Path, env: Mapping[str, str] | None = None) -> Iterator[T
     port = free_port()
     exe = Path(sys.executable).with_name("pacsbridge")
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PACSBRIDGE_")}
+    # Orthanc runs without authentication in the benchmark, so pacsbridge's DICOMweb door is opened too.
+    environment["PACSBRIDGE_AUTH__OPEN_ROUTES"] = '["/dicomweb"]'
     environment.update(env or {})
     with open(workdir / "pacsbridge.log", "wb") as log:
         process = subprocess.Popen(

@@ -10,7 +10,7 @@ import pytest
 
 from pacsbridge.settings import Settings
 
-from .support.servers import Postgres, RunningServer
+from .support.servers import OPEN_DICOMWEB, Postgres, RunningServer
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def postgres() -> Iterator[Postgres]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", storage={"fsync": False})
+    return Settings(data_dir=tmp_path / "data", storage={"fsync": False}, auth=OPEN_DICOMWEB)
 
 
 @pytest.fixture

@@ -12,27 +12,30 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 
 from . import allocator
-from .adapters.auth import AccessMiddleware, open_access
+from .adapters.auth import issuer as issuer_routes
+from .adapters.auth.middleware import AccessMiddleware, PublicRoute
+from .adapters.auth.tokens import Introspector, JwtVerifier, LocalKeys, RemoteJwks, TokenVerifier
 from .adapters.dicomweb.context import DicomwebConfig, DicomwebContext
 from .adapters.dicomweb.errors import handle_domain_error
 from .adapters.dicomweb.routes import routes as dicomweb_routes
 from .adapters.http import AccessLog, CrossOriginResourcePolicy, cors_middleware, health
 from .backends.local import LocalArchive
-from .domain.access import Principal
+from .backends.records import SqlSecurityRecords
 from .domain.errors import PacsbridgeError
 from .services.ingest import IngestOptions, IngestService
+from .services.issuer import KeyRing, TokenIssuer
+from .services.ports import ClientRecord
 from .services.retrieve import RetrieveService
 from .services.search import SearchService
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-OPERATOR = Principal(subject="open-access", scopes=frozenset({"*"}))
 
 
 @dataclass
@@ -43,17 +46,58 @@ class Services:
     ingest: IngestService
     search: SearchService
     retrieve: RetrieveService
+    records: SqlSecurityRecords
+    keys: KeyRing
+    issuer: TokenIssuer
 
 
 def build_services(settings: Settings) -> Services:
     data_dir = settings.data_dir.resolve()
     archive = LocalArchive.open(settings.resolved_database_url(), data_dir, fsync=settings.storage.fsync)
+    records = SqlSecurityRecords(archive.engine)
+    auth = settings.auth
+    keys = KeyRing(records, auth.key_algorithm, auth.token_lifetime_seconds)
+    declared = [
+        ClientRecord(client_id=c.client_id, name=c.client_id, scopes=frozenset(c.scopes),
+                     secret_hash=c.secret_hash.get_secret_value() if c.secret_hash else None, jwks=c.jwks)
+        for c in auth.clients
+    ]
     return Services(
         archive=archive,
         ingest=IngestService(archive, archive.blobs, IngestOptions(settings.dicomweb.bulk_threshold)),
         search=SearchService(archive),
         retrieve=RetrieveService(archive, scratch_dir=archive.blobs.spool_dir),
+        records=records,
+        keys=keys,
+        issuer=TokenIssuer(records, keys, settings.resolved_issuer(), auth.audience, auth.token_lifetime_seconds,
+                           declared),
     )
+
+
+def build_verifier(settings: Settings, services: Services, http: httpx.AsyncClient) -> TokenVerifier:
+    """How bearer tokens are checked in this deployment (``auth.mode``)."""
+    auth = settings.auth
+    if auth.mode == "builtin":
+        return JwtVerifier(LocalKeys(services.keys.verification_keys), settings.resolved_issuer(), auth.audience,
+                           [auth.key_algorithm], auth.leeway_seconds, auth.patient_claim)
+    if not auth.issuer:
+        raise ValueError(f"auth.mode {auth.mode} needs auth.issuer (the identity provider's issuer URL)")
+    remote = RemoteJwks(http, auth.issuer, auth.discovery_url, auth.jwks_cache_seconds, auth.jwks_refetch_seconds)
+    if auth.mode == "oidc":
+        return JwtVerifier(remote, auth.issuer, auth.audience, auth.algorithms, auth.leeway_seconds,
+                           auth.patient_claim)
+    intro = auth.introspection
+    if not intro.client_id or intro.client_secret is None:
+        raise ValueError("auth.mode introspection needs auth.introspection.client_id and client_secret")
+
+    async def endpoint() -> str:
+        found = intro.endpoint or (await remote.metadata()).get("introspection_endpoint")
+        if not isinstance(found, str):
+            raise ValueError("the provider publishes no introspection_endpoint; set auth.introspection.endpoint")
+        return found
+
+    return Introspector(http, intro.endpoint or endpoint, intro.client_id, intro.client_secret.get_secret_value(),
+                        auth.audience, auth.issuer, intro.cache_seconds, auth.patient_claim)
 
 
 def build_app(settings: Settings, services: Services | None = None) -> Starlette:
@@ -68,23 +112,36 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
         ),
     )
 
+    http = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
+    verifier = build_verifier(settings, services, http)
+    public: list[PublicRoute] = [PublicRoute("/health", health)]
+    if settings.auth.mode == "builtin":
+        public += issuer_routes.routes(issuer_routes.IssuerEndpoints(
+            settings.resolved_issuer(), services.issuer, services.keys))
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         log.info("pacsbridge serving DICOMweb at %s, data in %s", dw.root or "/", settings.data_dir)
+        if settings.auth.mode == "builtin":
+            await services.keys.ensure()
+        for prefix in settings.auth.open_routes:
+            log.warning("UNSAFE: %s is served without a token (auth.open_routes)", prefix or "/")
         try:
             yield
         finally:
+            await http.aclose()
             await services.archive.close()
 
     middleware = [
         Middleware(AccessLog),
         *cors_middleware(settings.cors.allow_origins, settings.cors.allow_credentials, settings.cors.max_age),
         *([Middleware(CrossOriginResourcePolicy)] if settings.cors.cross_origin_isolation else []),
-        Middleware(AccessMiddleware, resolve=open_access(OPERATOR)),
+        Middleware(AccessMiddleware, verifier=verifier, public=lambda: public,
+                   open_prefixes=settings.auth.open_routes),
     ]
     app = Starlette(
         routes=[
-            Route("/health", health),
+            *public,
             Mount(dw.root, routes=dicomweb_routes(ctx)) if dw.root else Mount("", routes=dicomweb_routes(ctx)),
         ],
         middleware=middleware,

@@ -1,4 +1,4 @@
-"""The ``pacsbridge`` command: serve, import, check-config, demo-data.
+"""The ``pacsbridge`` command: serve, import, check-config, demo-data, clients, keys.
 
 With no options ``serve`` runs the embedded default: data in ./pacsbridge-data, a SQLite index and
 files, DICOMweb under /dicomweb on 127.0.0.1:8042.
@@ -113,6 +113,107 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_services(settings: Settings, work: Any) -> Any:
+    """Run ``work(services)`` (a coroutine function) against the configured store, then close it."""
+    import anyio
+
+    from .app import build_services
+
+    services = build_services(settings)
+
+    async def run() -> Any:
+        try:
+            return await work(services)
+        finally:
+            await services.archive.close()
+
+    return anyio.run(run)
+
+
+def cmd_clients_add(args: argparse.Namespace) -> int:
+    """Create a client of the built-in issuer; its secret is printed once and kept only as a hash."""
+    import secrets as token_source
+
+    from .domain.errors import Conflict
+    from .services.issuer import hash_secret, new_client_secret
+    from .services.ports import ClientRecord
+
+    settings = _settings(args)
+    jwks = json.loads(Path(args.jwks).read_text()) if args.jwks else None
+    secret = None if jwks else new_client_secret()
+    client_id = args.client_id or f"{_slug(args.name)}-{token_source.token_hex(4)}"
+    record = ClientRecord(client_id=client_id, name=args.name, scopes=frozenset(args.scope),
+                          secret_hash=hash_secret(secret) if secret else None, jwks=jwks)
+
+    async def add(services: Any) -> None:
+        await services.records.add_client(record)
+
+    try:
+        _with_services(settings, add)
+    except Conflict as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    issuer = settings.resolved_issuer()
+    shown: dict[str, Any] = {"client_id": client_id, "name": args.name, "scope": " ".join(sorted(args.scope)),
+                             "token_endpoint": issuer + "/oauth/token", "issuer": issuer}
+    if secret:
+        shown["client_secret"] = secret
+    print(json.dumps(shown, indent=2))
+    if secret:
+        print("The client_secret is shown only now; pacsbridge keeps a hash of it.", file=sys.stderr)
+    return 0
+
+
+def cmd_clients_list(args: argparse.Namespace) -> int:
+    async def listed(services: Any) -> list[Any]:
+        return list(await services.records.clients())
+
+    rows = _with_services(_settings(args), listed)
+    print(json.dumps([{"client_id": c.client_id, "name": c.name, "scope": " ".join(sorted(c.scopes)),
+                       "auth": "private_key_jwt" if c.jwks else "client_secret", "disabled": c.disabled}
+                      for c in rows], indent=2))
+    return 0
+
+
+def cmd_clients_hash_secret(_args: argparse.Namespace) -> int:
+    """A hash for ``auth.clients[].secret_hash`` in a settings file, from a secret read on stdin."""
+    from .services.issuer import hash_secret
+
+    secret = sys.stdin.readline().rstrip("\n")
+    if not secret:
+        print("give the secret on standard input", file=sys.stderr)
+        return 2
+    print(hash_secret(secret))
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """A new signing key; the old one stays published until the tokens it signed have expired."""
+    async def rotate(services: Any) -> Any:
+        await services.keys.ensure()
+        return await services.keys.rotate()
+
+    key = _with_services(_settings(args), rotate)
+    print(json.dumps({"kid": key.kid, "algorithm": key.algorithm, "created_at": key.created_at}))
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    async def listed(services: Any) -> list[Any]:
+        return list(await services.records.signing_keys())
+
+    keys = _with_services(_settings(args), listed)
+    print(json.dumps([{"kid": k.kid, "algorithm": k.algorithm, "created_at": k.created_at,
+                       "retired_at": k.retired_at} for k in keys], indent=2))
+    return 0
+
+
+def _slug(name: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "client"
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from .synthetic import write_demo
 
@@ -148,6 +249,31 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--host")
     check.add_argument("--port", type=int)
     check.set_defaults(func=cmd_check_config)
+
+    clients = sub.add_parser("clients", help="clients of the built-in token issuer").add_subparsers(
+        dest="clients_command", required=True)
+    add = clients.add_parser("add", help="create a client and print its credentials once, as JSON")
+    common(add)
+    add.add_argument("name", help="what the client is, e.g. 'OHIF viewer' or 'EMR backend'")
+    add.add_argument("--scope", action="append", required=True,
+                     help="a scope it may get (repeat): dicomweb.read, dicomweb.write, system/ImagingStudy.rs, ...")
+    add.add_argument("--client-id", help="default: from the name plus a random suffix")
+    add.add_argument("--jwks", help="a JSON file with the client's public keys (private_key_jwt; no secret then)")
+    add.set_defaults(func=cmd_clients_add)
+    listing = clients.add_parser("list", help="the clients, without secrets")
+    common(listing)
+    listing.set_defaults(func=cmd_clients_list)
+    hashing = clients.add_parser("hash-secret", help="hash a secret read on stdin, for auth.clients in settings")
+    hashing.set_defaults(func=cmd_clients_hash_secret)
+
+    keys = sub.add_parser("keys", help="signing keys of the built-in token issuer").add_subparsers(
+        dest="keys_command", required=True)
+    rotate = keys.add_parser("rotate", help="start signing with a new key (the old one stays published a while)")
+    common(rotate)
+    rotate.set_defaults(func=cmd_keys_rotate)
+    keys_list = keys.add_parser("list", help="the signing keys and when they were retired")
+    common(keys_list)
+    keys_list.set_defaults(func=cmd_keys_list)
 
     demo = sub.add_parser("demo-data", help="write a synthetic demo data set to a folder")
     demo.add_argument("folder")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -58,6 +58,63 @@ class StorageSettings(BaseModel):
     fsync: bool = Field(default=True, description="fsync each stored file and its folder before indexing it.")
 
 
+class IntrospectionSettings(BaseModel):
+    """RFC 7662 token introspection, for identity providers that issue opaque tokens."""
+
+    endpoint: str | None = Field(default=None, description="Introspection URL; default: from the discovery document.")
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    cache_seconds: int = Field(default=60, ge=0,
+                               description="Longest time a positive answer is reused (never past exp).")
+
+
+class IssuerClient(BaseModel):
+    """A client of the built-in issuer declared in settings (``pacsbridge clients add`` stores others)."""
+
+    client_id: str
+    secret_hash: SecretStr | None = Field(
+        default=None, description="From `pacsbridge clients hash-secret`; never the secret itself.")
+    jwks: dict[str, Any] | None = Field(
+        default=None, description="Public keys for private_key_jwt (SMART Backend Services).")
+    scopes: list[str] = Field(default_factory=list, description="Scopes the client may be granted.")
+
+
+class AuthSettings(BaseModel):
+    """Who may call: OAuth 2.0 bearer tokens on every route but health and discovery."""
+
+    mode: Literal["builtin", "oidc", "introspection"] = Field(
+        default="builtin",
+        description="builtin: pacsbridge issues and checks its own tokens; oidc: JWTs of an external OpenID "
+        "provider (discovery + JWKS); introspection: opaque tokens checked by RFC 7662.",
+    )
+    issuer: str | None = Field(
+        default=None,
+        description="oidc/introspection: the provider's issuer URL (exact iss). builtin: our issuer URL; "
+        "default public_url, else http://host:port.",
+    )
+    discovery_url: str | None = Field(
+        default=None, description="Default <issuer>/.well-known/openid-configuration.")
+    audience: str = Field(default="pacsbridge", description="The aud a token must carry for us.")
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "RS384", "RS512", "PS256", "PS384", "ES256", "ES384"],
+        description="JWS algorithms accepted (never none or HS*).",
+    )
+    leeway_seconds: int = Field(default=30, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat.")
+    jwks_cache_seconds: int = Field(default=3600, ge=0, description="How long provider keys are reused.")
+    jwks_refetch_seconds: int = Field(
+        default=30, ge=0, description="Least time between key refetches when a token names an unknown kid.")
+    patient_claim: str = Field(default="patient", description="The claim that names the patient in context.")
+    introspection: IntrospectionSettings = Field(default_factory=IntrospectionSettings)
+    open_routes: list[str] = Field(
+        default_factory=list,
+        description="UNSAFE: path prefixes served without a token (e.g. /dicomweb), as an all-scopes operator. "
+        "Only for a closed network or a gateway that authenticates before us.",
+    )
+    token_lifetime_seconds: int = Field(default=300, ge=30, le=86400, description="builtin: access token lifetime.")
+    key_algorithm: Literal["ES256", "RS256"] = Field(default="ES256", description="builtin: signing key type.")
+    clients: list[IssuerClient] = Field(default_factory=list, description="builtin: clients declared in settings.")
+
+
 class Settings(BaseSettings):
     """Everything pacsbridge can be told."""
 
@@ -84,6 +141,7 @@ class Settings(BaseSettings):
     dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -103,6 +161,14 @@ class Settings(BaseSettings):
         import os
 
         return max(1, min(4, os.cpu_count() or 1))
+
+    def resolved_issuer(self) -> str:
+        """The built-in issuer's URL (the ``iss`` of its tokens)."""
+        if self.auth.issuer:
+            return self.auth.issuer.rstrip("/")
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
 
     def resolved_database_url(self) -> str:
         if self.database_url is not None:
@@ -161,12 +227,16 @@ RESOLVED_ENV = "PB_RESOLVED_SETTINGS_JSON"
 
 def to_worker_environment(settings: Settings) -> str:
     """The resolved settings as JSON for worker processes, secrets included (they stay in-process)."""
-    data = settings.model_dump(mode="json")
-    if settings.database_url is not None:
-        data["database_url"] = settings.database_url.get_secret_value()
     import json
 
-    return json.dumps(data)
+    def reveal(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, Path):
+            return str(value)
+        raise TypeError(f"cannot pass {type(value).__name__} to a worker")
+
+    return json.dumps(settings.model_dump(mode="python"), default=reveal)
 
 
 def from_worker_environment(text: str) -> Settings:

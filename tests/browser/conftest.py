@@ -22,7 +22,7 @@ from pacsbridge.synthetic import StudySpec, make_instance, study_specs
 
 from ..support.http import stow_body
 from ..support.ohif import Session, Stack, Traffic, ohif_dist, serve_ohif
-from ..support.servers import serve
+from ..support.servers import OPEN_DICOMWEB, serve
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -75,7 +75,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     with serve_ohif() as ohif:
         settings = Settings(data_dir=tmp_path_factory.mktemp("ohif") / "data", storage={"fsync": False},
-                            cors={"allow_origins": [ohif.origin]})
+                            cors={"allow_origins": [ohif.origin]}, auth=OPEN_DICOMWEB)
         with serve(settings) as pacsbridge:
             ohif.point_at(pacsbridge.dicomweb)
             for spec in specs:

@@ -38,6 +38,22 @@ def wait_for_health(proc: subprocess.Popen[str], base: str) -> None:
         time.sleep(0.2)
 
 
+def new_client(*scopes: str, data_dir: Path | None = None, cwd: Path | None = None) -> dict[str, str]:
+    """``pacsbridge clients add`` as an operator runs it: the credentials, printed once as JSON."""
+    where = ["--data-dir", str(data_dir)] if data_dir else []
+    result = run("clients", "add", "test client", *[a for s in scopes for a in ("--scope", s)], *where, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def bearer(base: str, client: dict[str, str], scope: str) -> dict[str, str]:
+    """An Authorization header with a token from the built-in issuer (client_secret_basic)."""
+    r = httpx.post(base + "/oauth/token", data={"grant_type": "client_credentials", "scope": scope},
+                   auth=(client["client_id"], client["client_secret"]))
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
 def study_files(folder: Path, count: int = 3) -> tuple[str, list[Path]]:
     study, series = generate_uid(), generate_uid()
     return study, [write(instance(study, series, number=n), folder) for n in range(1, count + 1)]
@@ -117,13 +133,20 @@ def test_check_config_names_a_bad_setting(tmp_path: Path) -> None:
 
 
 def test_serve_runs_the_embedded_default(tmp_path: Path) -> None:
-    """`pacsbridge serve` with no data options uses ./pacsbridge-data (SQLite + files)."""
+    """`pacsbridge serve` with no data options uses ./pacsbridge-data (SQLite + files), closed to
+    callers without a token; a client created with `pacsbridge clients add` gets one."""
     port = free_port()
     proc = subprocess.Popen([*PACSBRIDGE, "serve", "--port", str(port)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_health(proc, f"http://127.0.0.1:{port}")
-        assert httpx.get(f"http://127.0.0.1:{port}/dicomweb/studies").status_code == 204
+        base = f"http://127.0.0.1:{port}"
+        wait_for_health(proc, base)
+        refused = httpx.get(base + "/dicomweb/studies")
+        assert refused.status_code == 401
+        assert refused.headers["WWW-Authenticate"] == 'Bearer realm="pacsbridge"'
+        client = new_client("dicomweb.read", cwd=tmp_path)
+        assert client["token_endpoint"].endswith("/oauth/token") and client["client_secret"]
+        assert httpx.get(base + "/dicomweb/studies", headers=bearer(base, client, "dicomweb.read")).status_code == 204
         assert (tmp_path / "pacsbridge-data" / "index.sqlite").exists()
     finally:
         proc.terminate()
@@ -140,10 +163,13 @@ def test_logs_at_info_carry_no_patient_data(tmp_path: Path) -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_health(proc, base)
+        auth = bearer(base, new_client("dicomweb.read", "dicomweb.write", data_dir=tmp_path / "d"),
+                      "dicomweb.read dicomweb.write")
         body, content_type = stow_body([instance(PatientName="Geheim^Gertrud", PatientID="SECRET-4711")])
         assert httpx.post(base + "/dicomweb/studies", content=body,
-                          headers={"Content-Type": content_type}).status_code == 200
-        assert httpx.get(base + "/dicomweb/studies?PatientName=Geheim*&PatientID=SECRET-4711").status_code == 200
+                          headers={"Content-Type": content_type, **auth}).status_code == 200
+        assert httpx.get(base + "/dicomweb/studies?PatientName=Geheim*&PatientID=SECRET-4711",
+                         headers=auth).status_code == 200
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=20)
@@ -161,14 +187,16 @@ def test_serve_with_two_workers_shares_one_store(tmp_path: Path) -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_health(proc, base)
-        for _ in range(4):  # separate connections, so both workers take some
+        auth = bearer(base, new_client("dicomweb.read", "dicomweb.write", data_dir=tmp_path / "d"),
+                      "dicomweb.read dicomweb.write")
+        for _ in range(4):  # separate connections, so both workers take some (and verify the token)
             body, content_type = stow_body([instance()])
             with httpx.Client() as client:
                 assert client.post(base + "/dicomweb/studies", content=body,
-                                   headers={"Content-Type": content_type}).status_code == 200
+                                   headers={"Content-Type": content_type, **auth}).status_code == 200
         for _ in range(6):
             with httpx.Client() as client:
-                assert len(client.get(base + "/dicomweb/studies").json()) == 4
+                assert len(client.get(base + "/dicomweb/studies", headers=auth).json()) == 4
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=30)

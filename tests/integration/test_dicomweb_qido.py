@@ -10,7 +10,7 @@ from pydicom.uid import generate_uid
 
 from ..support.dicom import instance
 from ..support.http import stow_body
-from ..support.servers import RunningServer, serve
+from ..support.servers import OPEN_DICOMWEB, RunningServer, serve
 
 JSON = {"Accept": "application/dicom+json"}
 
@@ -20,7 +20,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSe
     from pacsbridge.settings import Settings
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("qido") / "data", storage={"fsync": False},
-                        dicomweb={"qido_max_limit": 50})
+                        dicomweb={"qido_max_limit": 50}, auth=OPEN_DICOMWEB)
     studies = {"knee": generate_uid(), "head": generate_uid(), "chest": generate_uid()}
     knee_series = generate_uid()
     parts = [
@@ -157,7 +157,7 @@ def test_no_limit_still_stops_at_the_server_maximum(tmp_path_factory: pytest.Tem
     from pacsbridge.settings import Settings
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("max") / "data", storage={"fsync": False},
-                        dicomweb={"qido_max_limit": 2})
+                        dicomweb={"qido_max_limit": 2}, auth=OPEN_DICOMWEB)
     with serve(settings) as server:
         body, content_type = stow_body([instance() for _ in range(3)])
         assert httpx.post(server.dicomweb + "/studies", content=body,

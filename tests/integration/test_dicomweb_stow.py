@@ -8,7 +8,7 @@ from pydicom.uid import generate_uid
 
 from ..support.dicom import instance, to_bytes
 from ..support.http import stow_body
-from ..support.servers import RunningServer
+from ..support.servers import OPEN_DICOMWEB, RunningServer
 
 JSON = {"Accept": "application/dicom+json"}
 
@@ -129,7 +129,8 @@ def test_a_body_over_the_configured_limit_is_413(tmp_path) -> None:  # type: ign
 
     from ..support.servers import serve
 
-    settings = Settings(data_dir=tmp_path / "d", storage={"fsync": False}, dicomweb={"stow_max_bytes": 4096})
+    settings = Settings(data_dir=tmp_path / "d", storage={"fsync": False}, dicomweb={"stow_max_bytes": 4096},
+                        auth=OPEN_DICOMWEB)
     with serve(settings) as small:
         r = post(small, [instance(rows=64, columns=64)])
         assert r.status_code == 413

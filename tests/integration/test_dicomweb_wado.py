@@ -13,7 +13,7 @@ from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from ..support.dicom import instance
 from ..support.http import read_dataset, split_multipart, stow_body
-from ..support.servers import RunningServer, serve
+from ..support.servers import OPEN_DICOMWEB, RunningServer, serve
 
 EVRLE = "1.2.840.10008.1.2.1"
 
@@ -23,7 +23,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSer
     from pacsbridge.settings import Settings
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("wado") / "data", storage={"fsync": False},
-                        cors={"allow_origins": ["http://viewer.example"]})
+                        cors={"allow_origins": ["http://viewer.example"]}, auth=OPEN_DICOMWEB)
     study_uid, series_uid = generate_uid(), generate_uid()
     single = instance(study_uid, series_uid, number=1, rows=32, columns=24)
     multi = instance(study_uid, series_uid, number=2, rows=8, columns=8, NumberOfFrames=3)

@@ -12,13 +12,14 @@ from pacsbridge.settings import Settings
 
 from ..support.dicom import instance
 from ..support.http import read_dataset, split_multipart, stow_body
-from ..support.servers import Postgres, serve
+from ..support.servers import OPEN_DICOMWEB, Postgres, serve
 
 pytestmark = pytest.mark.postgres
 
 
 def test_stow_qido_wado_with_postgres(postgres: Postgres, tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", database_url=postgres.new_database(), storage={"fsync": False})
+    settings = Settings(data_dir=tmp_path / "data", database_url=postgres.new_database(), storage={"fsync": False},
+                        auth=OPEN_DICOMWEB)
     study = generate_uid()
     parts = [instance(study, number=n, PatientName="Łukasiewicz^Jan") for n in (1, 2)]
     with serve(settings) as server:

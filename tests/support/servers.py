@@ -17,6 +17,10 @@ import uvicorn
 
 from pacsbridge.settings import Settings
 
+OPEN_DICOMWEB = {"open_routes": ["/dicomweb"]}
+"""Auth settings for functional tests of the DICOMweb door: the operator opens it (tests/security
+covers the closed default and every token case)."""
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -4,7 +4,7 @@ SQLAlchemy is synchronous; every call runs in a worker thread (DESIGN rule 6).
 
 Rules:
 1. SQLite runs in WAL mode: readers never wait; writers take a thread lock and an ``flock`` shared by
-   the worker processes (``_SqliteWriter``), so they queue instead of polling SQLite's busy handler.
+   the worker processes (``sql/engine.py``), so they queue instead of polling SQLite's busy handler.
    PostgreSQL uses row locks, so several pacsbridge instances may share one index.
 2. Every write transaction upserts the study row first, which locks it: stores into one study are
    serialised, so the counts each refresh computes (``counts.py``) see every committed instance.
@@ -18,10 +18,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +26,7 @@ from typing import Any
 
 import anyio.to_thread
 import orjson
-from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.engine import Connection
 
 from ..domain.errors import NotFound
@@ -39,46 +36,8 @@ from ..services.ports import SearchPage
 from .blobs import BlobStore
 from .sql import counts, schema, writes
 from .sql import search as sql_search
+from .sql.engine import SqliteWriter, make_engine
 from .sql.migrations import migrate
-
-
-def make_engine(url: str) -> Engine:
-    """An engine with the per-dialect settings the index relies on."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            # DICOM single-value matching is case-sensitive (PS3.4 C.2.2.2.1); PN uses folded columns.
-            cursor.execute("PRAGMA case_sensitive_like=ON")
-            cursor.close()
-
-        return engine
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-
-
-class _SqliteWriter:
-    """The one writer of an SQLite index: a thread lock within the process and an ``flock`` on a file
-    beside the database across worker processes. Both block and wake at once when released, where
-    SQLite's own busy handler would poll with sleeps of up to 100 ms."""
-
-    def __init__(self, database: Path) -> None:
-        self.lock_path = database.with_name(database.name + ".write-lock")
-        self.thread_lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        with self.thread_lock:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # closing the descriptor releases the lock
 
 
 @dataclass(frozen=True)
@@ -98,7 +57,7 @@ class LocalArchive:
         self.engine = engine
         self.blobs = blobs
         database = engine.url.database if engine.dialect.name == "sqlite" else None
-        self._writer = _SqliteWriter(Path(database)) if database and database != ":memory:" else None
+        self._writer = SqliteWriter(Path(database)) if database and database != ":memory:" else None
 
     @classmethod
     def open(cls, url: str, root: Path, fsync: bool = True) -> LocalArchive:

@@ -82,3 +82,55 @@ class Archive(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """A client of the built-in issuer. ``secret_hash`` for client_secret_basic/post, ``jwks`` (its
+    public keys) for private_key_jwt; the secret itself is never kept."""
+
+    client_id: str
+    name: str
+    scopes: frozenset[str]
+    secret_hash: str | None = None
+    jwks: dict[str, object] | None = None
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class SigningKeyRecord:
+    """A signing key of the built-in issuer; ``retired_at`` (ISO UTC) set once a newer key signs."""
+
+    kid: str
+    algorithm: str
+    private_jwk: dict[str, object]
+    created_at: str
+    retired_at: str | None = None
+
+
+class SecurityRecords(Protocol):
+    """The built-in issuer's own records: clients, signing keys, used client assertions."""
+
+    async def client(self, client_id: str) -> ClientRecord | None: ...
+
+    async def clients(self) -> list[ClientRecord]: ...
+
+    async def add_client(self, client: ClientRecord) -> None:
+        """Store a new client; Conflict if its client_id exists."""
+        ...
+
+    async def signing_keys(self) -> list[SigningKeyRecord]:
+        """Every key, oldest first."""
+        ...
+
+    async def add_signing_key(self, key: SigningKeyRecord, retire_others_at: str | None) -> None:
+        """Store a key; with ``retire_others_at``, mark every key not yet retired as retired then."""
+        ...
+
+    async def drop_signing_keys(self, retired_before: str) -> int:
+        """Remove keys retired before this time (their tokens have expired); the number removed."""
+        ...
+
+    async def use_assertion(self, key: str, expires_at: int) -> bool:
+        """Remember a client assertion's ``jti`` until it expires; False if it was used already."""
+        ...

@@ -109,7 +109,44 @@ def _pixel_layout_v3(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE instances ADD COLUMN pixel_layout TEXT"))
 
 
-MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3)
+def _security_v4(conn: Connection) -> None:
+    """The built-in issuer's clients, signing keys and used client assertions, and the audit trail."""
+    v4 = MetaData()
+    Table(
+        "oauth_clients", v4,
+        Column("client_id", String(128), primary_key=True),
+        Column("name", String(256), nullable=False),
+        Column("secret_hash", String(256)), Column("jwks", Text),
+        Column("scopes", Text, nullable=False), Column("created_at", String(32), nullable=False),
+        Column("disabled", Integer, nullable=False, server_default="0"),
+    )
+    Table(
+        "signing_keys", v4,
+        Column("kid", String(64), primary_key=True), Column("algorithm", String(16), nullable=False),
+        Column("private_jwk", Text, nullable=False), Column("created_at", String(32), nullable=False),
+        Column("retired_at", String(32)),
+    )
+    Table(
+        "used_assertions", v4,
+        Column("jti", String(256), primary_key=True), Column("expires_at", Integer, nullable=False),
+    )
+    audit = Table(
+        "audit_events", v4,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("recorded_at", String(32), nullable=False),
+        Column("subject", String(256), nullable=False), Column("client_id", String(256)),
+        Column("door", String(32), nullable=False), Column("action", String(16), nullable=False),
+        Column("method", String(16), nullable=False), Column("route", String(512), nullable=False),
+        Column("status", Integer, nullable=False),
+        Column("patient_ids", Text, nullable=False), Column("study_uids", Text, nullable=False),
+        Column("remote", String(64)), Column("detail", Text),
+    )
+    Index("ix_audit_recorded_at", audit.c.recorded_at)
+    Index("ix_audit_subject", audit.c.subject, audit.c.recorded_at)
+    v4.create_all(conn)
+
+
+MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4)
 
 
 def current_version(conn: Connection) -> int:

@@ -81,3 +81,50 @@ instances = Table(
 Index("ix_instances_series", instances.c.series_uid, instances.c.instance_number)
 Index("ix_instances_study", instances.c.study_uid)
 Index("ix_instances_sop_class", instances.c.sop_class_uid)
+
+# --- security records (v4): the built-in issuer and the audit trail -------------------------------
+
+oauth_clients = Table(
+    "oauth_clients", metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("secret_hash", String(256)),  # scrypt, see services/issuer.py; NULL for private_key_jwt clients
+    Column("jwks", Text),  # the client's public keys (JSON) for private_key_jwt
+    Column("scopes", Text, nullable=False),  # space-separated
+    Column("created_at", String(32), nullable=False),
+    Column("disabled", Integer, nullable=False, server_default="0"),
+)
+
+signing_keys = Table(
+    "signing_keys", metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("algorithm", String(16), nullable=False),
+    Column("private_jwk", Text, nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("retired_at", String(32)),  # NULL: the key signs; else published until its tokens expired
+)
+
+used_assertions = Table(
+    "used_assertions", metadata,
+    Column("jti", String(256), primary_key=True),  # client_id + " " + jti of a private_key_jwt assertion
+    Column("expires_at", Integer, nullable=False),
+)
+
+audit_events = Table(
+    "audit_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("recorded_at", String(32), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("client_id", String(256)),
+    Column("door", String(32), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("route", String(512), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("patient_ids", Text, nullable=False),  # JSON list
+    Column("study_uids", Text, nullable=False),  # JSON list
+    Column("remote", String(64)),
+    Column("detail", Text),
+)
+Index("ix_audit_recorded_at", audit_events.c.recorded_at)
+Index("ix_audit_subject", audit_events.c.subject, audit_events.c.recorded_at)

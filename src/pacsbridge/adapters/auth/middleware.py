@@ -1,0 +1,139 @@
+"""The one place where every HTTP request is authenticated, and the route type that says what it needs.
+
+See: RFC 6750 §2.1 (Authorization: Bearer), §3 and §3.1 (WWW-Authenticate, error codes).
+
+Rules:
+1. Closed by default: a request needs a valid bearer token unless its route is public (health,
+   discovery, the built-in issuer's endpoints) or its path lies under a prefix the operator opened in
+   settings. A route someone forgets to guard still needs a token.
+2. Each door builds its routes as ``GuardedRoute(path, endpoint, need=...)``; the guard answers 403
+   ``insufficient_scope`` before the handler runs. ``tests/security`` fails for any route that is
+   neither guarded nor listed as public.
+3. 401 without ``error`` when no credentials came; 401 ``invalid_token`` for a bad token; 400
+   ``invalid_request`` for a malformed Authorization header. Bodies never echo the token.
+4. A token on an open or public route is still verified, so its patient context applies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ...domain.access import ANONYMOUS, Principal
+from ...domain.errors import UpstreamUnavailable
+from ...domain.scopes import Need
+from .tokens import InvalidToken, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+REALM = "pacsbridge"
+OPERATOR = Principal(subject="open-access", scopes=frozenset({"*"}))
+
+
+class GuardedRoute(Route):
+    """A route that serves only principals whose scopes meet ``need``."""
+
+    def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]], *, need: Need,
+                 methods: Sequence[str] = ("GET",), name: str | None = None) -> None:
+        self.need = need
+
+        async def guarded(request: Request) -> Response:
+            if not principal_of(request).allows(need):
+                return insufficient_scope(need)
+            return await endpoint(request)
+
+        super().__init__(path, guarded, methods=list(methods), name=name)
+
+
+class PublicRoute(Route):
+    """A route served without a token: health, discovery, the issuer's own endpoints."""
+
+
+def principal_of(request: Request) -> Principal:
+    """The caller, as the access middleware recorded it."""
+    return request.scope.get("state", {}).get("principal", ANONYMOUS)  # type: ignore[no-any-return]
+
+
+class AccessMiddleware:
+    """Resolves the principal of each HTTP request before any route runs (closed by default)."""
+
+    def __init__(self, app: ASGIApp, verifier: TokenVerifier | None, public: Callable[[], list[BaseRoute]],
+                 open_prefixes: Sequence[str] = ()) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.public = public
+        self.open_prefixes = tuple(p.rstrip("/") for p in open_prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response, principal = await self._principal(scope)
+        if response is not None:
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _principal(self, scope: Scope) -> tuple[Response | None, Principal]:
+        header = _authorization(scope)
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            token = token.strip()
+            if scheme.lower() == "bearer":
+                if not token or " " in token:
+                    return _challenge(400, "invalid_request", "the Authorization header is malformed"), ANONYMOUS
+                if self.verifier is None:
+                    return _challenge(401, "invalid_token", "this server accepts no tokens"), ANONYMOUS
+                try:
+                    return None, await self.verifier.verify(token)
+                except InvalidToken as exc:
+                    return _challenge(401, "invalid_token", exc.description), ANONYMOUS
+                except UpstreamUnavailable as exc:
+                    log.warning("token verification unavailable: %s", exc.message)
+                    return _plain(503, "temporarily_unavailable", "the identity provider cannot be reached"), ANONYMOUS
+        if self._is_public(scope):
+            return None, ANONYMOUS
+        if self._is_open(scope["path"]):
+            return None, OPERATOR
+        return _challenge(401, None, "a bearer token is required"), ANONYMOUS
+
+    def _is_public(self, scope: Scope) -> bool:
+        return any(route.matches(scope)[0] != Match.NONE for route in self.public())
+
+    def _is_open(self, path: str) -> bool:
+        return any(p == "" or path == p or path.startswith(p + "/") for p in self.open_prefixes)
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            return str(value.decode("latin-1"))
+    return None
+
+
+def insufficient_scope(need: Need) -> Response:
+    return _challenge(403, "insufficient_scope", "the token lacks the scope this route needs", scope=need.describe())
+
+
+def _challenge(status: int, error: str | None, description: str, scope: str | None = None) -> Response:
+    """An RFC 6750 §3 answer: WWW-Authenticate with the realm and, for a presented token, the error."""
+    params = [f'realm="{REALM}"']
+    if error:
+        params.append(f'error="{error}"')
+        params.append(f'error_description="{description}"')
+    if scope:
+        params.append(f'scope="{scope}"')
+    return _plain(status, error or "unauthorized", description, {"WWW-Authenticate": "Bearer " + ", ".join(params)})
+
+
+def _plain(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {"error": error, "error_description": description}
+    return Response(json.dumps(body), status_code=status, headers=headers, media_type="application/json")
