@@ -12,19 +12,23 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount
 
 from . import allocator
+from .adapters.admin import routes as admin_routes
 from .adapters.auth import issuer as issuer_routes
+from .adapters.auth.audit import AuditMiddleware
 from .adapters.auth.middleware import AccessMiddleware, PublicRoute
 from .adapters.auth.tokens import Introspector, JwtVerifier, LocalKeys, RemoteJwks, TokenVerifier
 from .adapters.dicomweb.context import DicomwebConfig, DicomwebContext
 from .adapters.dicomweb.errors import handle_domain_error
 from .adapters.dicomweb.routes import routes as dicomweb_routes
 from .adapters.http import AccessLog, CrossOriginResourcePolicy, cors_middleware, health
+from .backends.audit import SqlAuditTrail
 from .backends.local import LocalArchive
 from .backends.records import SqlSecurityRecords
 from .domain.errors import PacsbridgeError
@@ -49,6 +53,7 @@ class Services:
     records: SqlSecurityRecords
     keys: KeyRing
     issuer: TokenIssuer
+    audit: SqlAuditTrail
 
 
 def build_services(settings: Settings) -> Services:
@@ -71,6 +76,7 @@ def build_services(settings: Settings) -> Services:
         keys=keys,
         issuer=TokenIssuer(records, keys, settings.resolved_issuer(), auth.audience, auth.token_lifetime_seconds,
                            declared),
+        audit=SqlAuditTrail(archive.engine),
     )
 
 
@@ -126,22 +132,29 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
             await services.keys.ensure()
         for prefix in settings.auth.open_routes:
             log.warning("UNSAFE: %s is served without a token (auth.open_routes)", prefix or "/")
-        try:
-            yield
-        finally:
-            await http.aclose()
-            await services.archive.close()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(services.audit.run)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await services.audit.flush()
+                    await http.aclose()
+                    await services.archive.close()
 
     middleware = [
         Middleware(AccessLog),
         *cors_middleware(settings.cors.allow_origins, settings.cors.allow_credentials, settings.cors.max_age),
         *([Middleware(CrossOriginResourcePolicy)] if settings.cors.cross_origin_isolation else []),
+        Middleware(AuditMiddleware, trail=services.audit),
         Middleware(AccessMiddleware, verifier=verifier, public=lambda: public,
                    open_prefixes=settings.auth.open_routes),
     ]
     app = Starlette(
         routes=[
             *public,
+            *admin_routes(services.audit),
             Mount(dw.root, routes=dicomweb_routes(ctx)) if dw.root else Mount("", routes=dicomweb_routes(ctx)),
         ],
         middleware=middleware,

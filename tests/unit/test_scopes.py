@@ -87,3 +87,10 @@ def test_patient_scopes_without_a_patient_see_nobody() -> None:
     assert p.patient_ids == frozenset() and not p.sees_patient("ANY")
     mixed = principal_from_claims({"sub": "s", "scope": "patient/ImagingStudy.rs dicomweb.read"})
     assert mixed.patient_ids is None
+
+
+def test_a_star_scope_grants_nothing() -> None:
+    """Found by the property test above: ``*`` once meant the operator's grant, so any token carrying
+    it was let in everywhere. Only the operator principal (opened routes) is allowed everything."""
+    p = principal_from_claims({"sub": "s", "scope": "* admin*"})
+    assert not any(p.allows(n) for n in (DICOMWEB_READ, DICOMWEB_SEARCH, DICOMWEB_WRITE, ADMIN))

@@ -11,7 +11,8 @@ Rules:
 2. Door scopes (``dicomweb.read``, ``dicomweb.write``, ...) name a door's capability directly; a need
    is met by its door scope or by a SMART scope on its FHIR resource with the needed permissions
    (SMART Imaging Access: ``ImagingStudy.rs`` reads images).
-3. ``*`` is the operator's own grant for routes opened in settings; no token carries it.
+3. No scope string grants everything: a token saying ``*`` gets nothing for it. The operator's
+   principal on routes opened in settings is marked as such (``Principal.operator``), not by a scope.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Grants:
     smart: tuple[SmartScope, ...]
 
     def allows(self, need: Need) -> bool:
-        if "*" in self.plain or need.scope in self.plain:
+        if need.scope in self.plain:
             return True
         if need.resource is None:
             return False
@@ -106,7 +107,7 @@ class Grants:
         """Every clinical grant is ``patient/...`` and there are no door scopes: the token is useless
         without a patient in context."""
         return bool(self.smart) and all(s.context == "patient" for s in self.smart) and not (
-            self.plain & (DOOR_SCOPES.keys() | {"*"}))
+            self.plain & DOOR_SCOPES.keys())
 
 
 @lru_cache(maxsize=1024)

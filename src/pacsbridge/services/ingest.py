@@ -27,6 +27,7 @@ import anyio.to_thread
 from ..domain.model import InstanceRecord, Origin
 from ..domain.store import FailureReason, StoreResult
 from ..formats.part10 import PREAMBLE, Rejected, lacks_preamble, read_record
+from . import audit
 from .ports import Archive, Spool
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class IngestService:
             outcomes = await self.archive.store_many([(item.staged, record) for _i, item, record in accepted])
             for (i, item, record), outcome in zip(accepted, outcomes, strict=True):
                 results[i] = _result(item, record, outcome, origin)
+        audit.touched_all((record.patient_id, record.ref.study_uid) for _i, _item, record in accepted)
         stored = [r for r in results if r is not None and r.ok]
         if stored:
             replaced = sum(1 for r in stored if r.replaced)

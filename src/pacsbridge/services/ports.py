@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from ..domain.audit import AuditEvent, AuditFilter
 from ..domain.model import DicomJson, InstanceRecord, Scope, StoredInstance
 from ..domain.query import Query
 
@@ -133,4 +134,20 @@ class SecurityRecords(Protocol):
 
     async def use_assertion(self, key: str, expires_at: int) -> bool:
         """Remember a client assertion's ``jti`` until it expires; False if it was used already."""
+        ...
+
+
+class AuditTrail(Protocol):
+    """Where audit events are kept (durably, within a short write-behind window)."""
+
+    def record(self, event: AuditEvent) -> None:
+        """Queue an event; never blocks the request that caused it."""
+        ...
+
+    async def flush(self) -> None:
+        """Write every queued event now."""
+        ...
+
+    async def search(self, query: AuditFilter) -> list[AuditEvent]:
+        """Matching events, newest first."""
         ...

@@ -24,6 +24,7 @@ from ..domain.model import BULK_BASE, Scope, StoredInstance
 from ..formats import frames as frame_codec
 from ..formats import render as renderer
 from ..formats import transcode as transcoder
+from . import audit
 from .ports import Archive
 
 CHUNK = 4 << 20  # files up to this size are read in one worker call, larger ones in such chunks
@@ -41,11 +42,10 @@ class RetrieveService:
         self._cache_lock = threading.Lock()
 
     async def _check_study(self, study_uid: str, principal: Principal) -> None:
-        if principal.patient_ids is None:
-            return
         patient = await self.archive.patient_of(study_uid)
         if not principal.sees_patient(patient):
             raise NotFound(f"no study {study_uid} here")
+        audit.touched(patient, study_uid)
 
     async def instances(self, scope: Scope, principal: Principal) -> list[StoredInstance]:
         found = await self.archive.locate(scope)
@@ -53,6 +53,7 @@ class RetrieveService:
             found = [i for i in found if principal.sees_patient(i.patient_id)]
             if not found:
                 raise NotFound(f"no {scope.level.name.lower()} here")
+        audit.touched_all({(i.patient_id, i.ref.study_uid) for i in found})
         return found
 
     async def instance(self, scope: Scope, principal: Principal) -> StoredInstance:

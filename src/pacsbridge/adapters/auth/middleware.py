@@ -34,17 +34,25 @@ from .tokens import InvalidToken, TokenVerifier
 log = logging.getLogger(__name__)
 
 REALM = "pacsbridge"
-OPERATOR = Principal(subject="open-access", scopes=frozenset({"*"}))
+OPERATOR = Principal(subject="open-access", operator=True)
+
+
+ACTIONS = {"s": "search", "c": "create", "u": "update", "d": "delete", "r": "read"}
 
 
 class GuardedRoute(Route):
-    """A route that serves only principals whose scopes meet ``need``."""
+    """A route that serves only principals whose scopes meet ``need``. It also tells the audit trail
+    (``scope["state"]["audit"]``) which door, action and route template the request reached."""
 
     def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]], *, need: Need,
-                 methods: Sequence[str] = ("GET",), name: str | None = None) -> None:
+                 methods: Sequence[str] = ("GET",), name: str | None = None, action: str | None = None) -> None:
         self.need = need
+        self.action = action or ACTIONS.get(need.permissions[:1], "read")
+        door = need.scope.split(".")[0]
 
         async def guarded(request: Request) -> Response:
+            request.scope.setdefault("state", {})["audit"] = (
+                door, self.action, request.scope.get("root_path", "") + path)
             if not principal_of(request).allows(need):
                 return insufficient_scope(need)
             return await endpoint(request)
