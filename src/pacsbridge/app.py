@@ -21,6 +21,7 @@ from starlette.routing import Mount
 from . import allocator
 from .adapters.admin import routes as admin_routes
 from .adapters.auth import issuer as issuer_routes
+from .adapters.auth import signed_urls
 from .adapters.auth.audit import AuditMiddleware
 from .adapters.auth.middleware import AccessMiddleware, PublicRoute
 from .adapters.auth.tokens import Introspector, JwtVerifier, LocalKeys, RemoteJwks, TokenVerifier
@@ -120,6 +121,7 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
 
     http = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
     verifier = build_verifier(settings, services, http)
+    signer = signed_urls.UrlSigner(services.keys, settings.resolved_issuer())
     public: list[PublicRoute] = [PublicRoute("/health", health)]
     if settings.auth.mode == "builtin":
         public += issuer_routes.routes(issuer_routes.IssuerEndpoints(
@@ -128,8 +130,7 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         log.info("pacsbridge serving DICOMweb at %s, data in %s", dw.root or "/", settings.data_dir)
-        if settings.auth.mode == "builtin":
-            await services.keys.ensure()
+        await services.keys.ensure()  # the built-in issuer's keys, and in every mode the signed URLs' keys
         for prefix in settings.auth.open_routes:
             log.warning("UNSAFE: %s is served without a token (auth.open_routes)", prefix or "/")
         async with anyio.create_task_group() as tasks:
@@ -149,12 +150,13 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
         *([Middleware(CrossOriginResourcePolicy)] if settings.cors.cross_origin_isolation else []),
         Middleware(AuditMiddleware, trail=services.audit),
         Middleware(AccessMiddleware, verifier=verifier, public=lambda: public,
-                   open_prefixes=settings.auth.open_routes),
+                   open_prefixes=settings.auth.open_routes, signed=signer.verify),
     ]
     app = Starlette(
         routes=[
             *public,
             *admin_routes(services.audit),
+            *signed_urls.routes(signer),
             Mount(dw.root, routes=dicomweb_routes(ctx)) if dw.root else Mount("", routes=dicomweb_routes(ctx)),
         ],
         middleware=middleware,

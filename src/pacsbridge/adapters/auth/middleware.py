@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,6 +35,7 @@ from .tokens import InvalidToken, TokenVerifier
 log = logging.getLogger(__name__)
 
 REALM = "pacsbridge"
+SignedUrlVerifier = Callable[[str, str, str, str], Awaitable[Principal]]
 OPERATOR = Principal(subject="open-access", operator=True)
 
 
@@ -73,11 +75,12 @@ class AccessMiddleware:
     """Resolves the principal of each HTTP request before any route runs (closed by default)."""
 
     def __init__(self, app: ASGIApp, verifier: TokenVerifier | None, public: Callable[[], list[BaseRoute]],
-                 open_prefixes: Sequence[str] = ()) -> None:
+                 open_prefixes: Sequence[str] = (), signed: SignedUrlVerifier | None = None) -> None:
         self.app = app
         self.verifier = verifier
         self.public = public
         self.open_prefixes = tuple(p.rstrip("/") for p in open_prefixes)
+        self.signed = signed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,6 +110,13 @@ class AccessMiddleware:
                 except UpstreamUnavailable as exc:
                     log.warning("token verification unavailable: %s", exc.message)
                     return _plain(503, "temporarily_unavailable", "the identity provider cannot be reached"), ANONYMOUS
+        elif self.signed is not None and b"pb-sig=" in scope.get("query_string", b""):
+            query = scope["query_string"].decode("latin-1")
+            signature = dict(parse_qsl(query)).get("pb-sig", "")
+            try:
+                return None, await self.signed(signature, scope["method"], scope["path"], query)
+            except InvalidToken as exc:
+                return _challenge(401, "invalid_token", exc.description), ANONYMOUS
         if self._is_public(scope):
             return None, ANONYMOUS
         if self._is_open(scope["path"]):
