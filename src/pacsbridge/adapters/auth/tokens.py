@@ -134,9 +134,10 @@ class _Remembered:
         self.clock = clock
         self._items: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
-    @staticmethod
-    def key(token: str) -> bytes:
-        return hashlib.sha256(token.encode()).digest()
+    def recall(self, token: str) -> tuple[bytes, Principal | None]:
+        """The token's cache key, and its principal if it was verified and has not expired since."""
+        key = hashlib.sha256(token.encode()).digest()
+        return key, self.get(key)
 
     def get(self, key: bytes) -> Principal | None:
         item = self._items.get(key)
@@ -171,8 +172,7 @@ class JwtVerifier:
         self._remembered = _Remembered(clock=clock)
 
     async def verify(self, token: str) -> Principal:
-        key = _Remembered.key(token)
-        known = self._remembered.get(key)
+        key, known = self._remembered.recall(token)
         if known is not None:
             return known
         try:
@@ -238,8 +238,7 @@ class Introspector:
         self._remembered = _Remembered(clock=clock)
 
     async def verify(self, token: str) -> Principal:
-        key = _Remembered.key(token)
-        known = self._remembered.get(key)
+        key, known = self._remembered.recall(token)
         if known is not None:
             return known
         endpoint = self.endpoint if isinstance(self.endpoint, str) else await self.endpoint()
