@@ -7,6 +7,9 @@
 3. Every response carries COOP ``same-origin`` + COEP ``require-corp``, which OHIF's volume loader
    needs (SharedArrayBuffer), so the page is cross-origin isolated and every cross-origin response it
    loads (the DICOMweb server's) must pass CORS or CORP.
+4. Optionally OHIF signs the user in (``point_at(dicomweb, oidc=oidc_client(...))``): authorization
+   code + PKCE against an OpenID provider, then every DICOMweb request carries ``Authorization: Bearer``
+   with the access token. Without ``oidc`` the generated ``app-config.js`` has no ``oidc`` key at all.
 
 See: https://docs.ohif.org/deployment/cors/ ; the configuration keys are those of the build's own
 ``dist/app-config.js``.
@@ -18,7 +21,7 @@ import contextlib
 import io
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -84,8 +87,41 @@ def data_source(dicomweb: str) -> dict[str, Any]:
     }
 
 
-def app_config(dicomweb: str) -> str:
-    """``app-config.js``: OHIF reads ``window.config`` from it before its bundle starts."""
+def oidc_client(authority: str, client_id: str, scope: str = "openid dicomweb.read",
+                **extra: Any) -> dict[str, Any]:
+    """One entry of OHIF's ``window.config.oidc``: sign in with authorization code + PKCE at ``authority``.
+
+    OHIF 3.13 (platform/app ``utils/OpenIdConnectRoutes.tsx`` and ``utils/nextOIDCClient.ts`` in the
+    build) uses the first entry only. ``response_type: 'code'`` selects its oidc-client-ts UserManager
+    (always PKCE); the entry is passed to it as UserManager settings, with ``redirect_uri``,
+    ``silent_redirect_uri`` and ``post_logout_redirect_uri`` made absolute against the page's origin and
+    ``revokeAccessTokenOnSignout`` becoming ``revokeTokensOnSignout``. ``redirect_uri`` is also the
+    path of OHIF's callback route, so it must be registered at the provider as ``<origin>/callback``.
+    Each DICOMweb request then carries ``Authorization: Bearer <access_token>``.
+    ``post_logout_redirect_uri`` becomes a route of its own: it must not be ``/`` (the study list).
+    ``extra`` adds or overrides keys (e.g. ``prompt``, ``extraQueryParams``, ``automaticSilentRenew``).
+    """
+    return {
+        "authority": authority,
+        "client_id": client_id,
+        "redirect_uri": "/callback",
+        "response_type": "code",
+        "scope": scope,
+        "post_logout_redirect_uri": "/logout-redirect",
+        "automaticSilentRenew": True,
+        # oidc-provider cannot revoke its JWT access tokens (400 unsupported_token_type), which would
+        # make sign-out fail; a provider that can revoke them may leave this true (OHIF's default).
+        "revokeAccessTokenOnSignout": False,
+        **extra,
+    }
+
+
+def app_config(dicomweb: str, oidc: Mapping[str, Any] | None = None) -> str:
+    """``app-config.js``: OHIF reads ``window.config`` from it before its bundle starts.
+
+    ``oidc`` (see :func:`oidc_client`) makes OHIF sign the user in; without it the output has no
+    ``oidc`` key.
+    """
     config = {
         "routerBasename": "/",
         "extensions": [],
@@ -102,24 +138,30 @@ def app_config(dicomweb: str) -> str:
         "defaultDataSourceName": DATA_SOURCE,
         "dataSources": [data_source(dicomweb)],
     }
+    if oidc is not None:
+        config["oidc"] = [dict(oidc)]
     return "window.config = " + json.dumps(config, indent=2) + ";\n"
 
 
 class OhifServer:
-    """The OHIF build on a loopback port; :meth:`point_at` sets the DICOMweb root it is configured for."""
+    """The OHIF build on a loopback port; :meth:`point_at` sets the DICOMweb root it is configured for
+    (and, optionally, the OpenID provider it signs users in with)."""
 
     def __init__(self, dist: Path) -> None:
         if not (dist / "index.html").is_file():
             raise FileNotFoundError(f"OHIF build not found at {dist} (run scripts/install-peers)")
         self.dist = dist
         self.dicomweb: str | None = None
+        self.oidc: dict[str, Any] | None = None
         self.not_found: list[str] = []
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = int(self._httpd.server_address[1])
         self.url = self.origin = f"http://127.0.0.1:{self.port}"
 
-    def point_at(self, dicomweb: str) -> None:
+    def point_at(self, dicomweb: str, oidc: Mapping[str, Any] | None = None) -> None:
+        """Configure OHIF for the DICOMweb root ``dicomweb``; ``oidc``: see :func:`oidc_client`."""
         self.dicomweb = dicomweb
+        self.oidc = None if oidc is None else dict(oidc)
 
     def _handler(self) -> type[SimpleHTTPRequestHandler]:
         server = self
@@ -153,7 +195,7 @@ class OhifServer:
                 if server.dicomweb is None:
                     self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "no DICOMweb root configured yet")
                     return None
-                body = app_config(server.dicomweb).encode()
+                body = app_config(server.dicomweb, server.oidc).encode()
                 self.send_response(HTTPStatus.OK)
                 self.send_header("Content-Type", "text/javascript; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))

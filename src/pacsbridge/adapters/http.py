@@ -77,7 +77,8 @@ def cors_middleware(origins: list[str], allow_credentials: bool, max_age: int) -
         allow_credentials=allow_credentials,
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Accept", "Content-Type", "If-None-Exist", "If-Match", "Prefer"],
-        expose_headers=["Warning", "Content-Location", "Content-Type", "Content-Length", "Location", "ETag"],
+        expose_headers=["Warning", "Content-Location", "Content-Type", "Content-Length", "Location", "ETag",
+                        "WWW-Authenticate"],
         max_age=max_age,
     )]
 
