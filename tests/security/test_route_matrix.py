@@ -1,5 +1,6 @@
-"""Every route × every kind of token: the status is the one RFC 6750 and the scope rules give, and no
-answer to a refused or out-of-context request carries the other patient's data.
+"""Every route × every kind of token, with tokens of the built-in issuer and of a real OpenID provider
+(npm oidc-provider): the status is the one RFC 6750 and the scope rules give, and no answer to a
+refused or out-of-context request carries the other patient's data.
 
 Routes are read from the built app, so a route added later is walked too; one that is neither guarded
 nor public fails ``test_every_route_is_guarded_or_public``.
@@ -87,7 +88,8 @@ REFUSED = ["none", "expired", "not yet valid", "wrong audience", "wrong issuer",
            "garbage"]
 
 
-def test_refused_tokens_get_401_with_the_rfc6750_challenge(closed: Closed) -> None:
+def test_refused_tokens_get_401_with_the_rfc6750_challenge(any_closed: Closed) -> None:
+    closed = any_closed
     minted = tokens(closed)
     secret_values = [v for s in closed.studies.values() for v in (s.patient_id, s.patient_name)]
     for method, path, _route in guarded(closed):
@@ -102,7 +104,8 @@ def test_refused_tokens_get_401_with_the_rfc6750_challenge(closed: Closed) -> No
                 assert minted[case] not in r.text  # never echoed
 
 
-def test_missing_scope_is_403_and_the_right_scope_passes(closed: Closed) -> None:
+def test_missing_scope_is_403_and_the_right_scope_passes(any_closed: Closed) -> None:
+    closed = any_closed
     token = {c: closed.token(c) for c in ("admin", "reader", "writer", "smart")}
     for method, path, route in guarded(closed):
         need = route.need.scope
@@ -120,8 +123,9 @@ def test_missing_scope_is_403_and_the_right_scope_passes(closed: Closed) -> None
             assert call(closed, method, path, token["smart"]).status_code not in (401, 403), (method, path)
 
 
-def test_another_patients_context_sees_and_leaks_nothing(closed: Closed) -> None:
+def test_another_patients_context_sees_and_leaks_nothing(any_closed: Closed) -> None:
     """A token bound to patient B, asking for patient A's study on every route."""
+    closed = any_closed
     b_only = closed.mint(scope="dicomweb.read dicomweb.write", patient=closed.studies["B"].patient_id)
     a = closed.studies["A"]
     for method, path, route in guarded(closed):
@@ -137,7 +141,8 @@ SEARCH_PATHS = {"/dicomweb/studies", "/dicomweb/series", "/dicomweb/instances"}
 
 
 @pytest.mark.parametrize("path", sorted(SEARCH_PATHS))
-def test_searches_in_patient_context_return_only_that_patient(closed: Closed, path: str) -> None:
+def test_searches_in_patient_context_return_only_that_patient(any_closed: Closed, path: str) -> None:
+    closed = any_closed
     b = closed.studies["B"]
     r = httpx.get(closed.base + path, headers={
         "Authorization": "Bearer " + closed.mint(patient=b.patient_id), "Accept": "application/dicom+json"})
