@@ -10,7 +10,6 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections import deque
@@ -21,7 +20,7 @@ from sqlalchemy import Engine, insert, select
 
 from ..domain.audit import AuditEvent, AuditFilter
 from .sql import schema
-from .sql.engine import writer_for
+from .sql.engine import holding, writer_for
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +61,7 @@ class SqlAuditTrail:
             rows = [_row(e) for e in batch]
 
             def write() -> None:
-                with self._writer.hold() if self._writer else contextlib.nullcontext(), \
-                        self.engine.begin() as conn:
+                with holding(self._writer), self.engine.begin() as conn:
                     conn.execute(insert(schema.audit_events), rows)
 
             await anyio.to_thread.run_sync(write)

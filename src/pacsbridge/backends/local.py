@@ -17,7 +17,6 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +35,7 @@ from ..services.ports import SearchPage
 from .blobs import BlobStore
 from .sql import counts, schema, writes
 from .sql import search as sql_search
-from .sql.engine import SqliteWriter, make_engine
+from .sql.engine import SqliteWriter, holding, make_engine
 from .sql.migrations import migrate
 
 
@@ -129,11 +128,8 @@ class LocalArchive:
         return old_paths
 
     def _index_locked(self, placed: list[_Placed]) -> dict[int, str | None]:
-        with self._writing():
+        with holding(self._writer):
             return self._index(placed)
-
-    def _writing(self) -> contextlib.AbstractContextManager[object]:
-        return self._writer.hold() if self._writer is not None else contextlib.nullcontext()
 
     def _index(self, placed: list[_Placed]) -> dict[int, str | None]:
         """Upsert the rows of each placed file and refresh the counts of every study touched, in one
@@ -241,7 +237,7 @@ class LocalArchive:
     async def delete(self, scope: Scope) -> int:
         def run() -> int:
             inst = schema.instances
-            with self._writing(), self.engine.begin() as conn:
+            with holding(self._writer), self.engine.begin() as conn:
                 rows = conn.execute(select(inst.c.sop_uid, inst.c.series_uid, inst.c.path)
                                     .where(*self._scope_where(scope))).all()
                 if not rows:

@@ -7,7 +7,6 @@ the same writer lock as the index.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -18,10 +17,11 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from ..domain.clock import utc_stamp
 from ..domain.errors import Conflict
 from ..services.ports import ClientRecord, SigningKeyRecord
 from .sql import schema
-from .sql.engine import writer_for
+from .sql.engine import holding, writer_for
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ class SqlSecurityRecords:
 
     async def _write(self, work: Callable[[Connection], T]) -> T:
         def run() -> T:
-            with self._writer.hold() if self._writer else contextlib.nullcontext(), self.engine.begin() as conn:
+            with holding(self._writer), self.engine.begin() as conn:
                 return work(conn)
 
         return await anyio.to_thread.run_sync(run)
@@ -63,7 +63,7 @@ class SqlSecurityRecords:
         values = {
             "client_id": client.client_id, "name": client.name, "secret_hash": client.secret_hash,
             "jwks": json.dumps(client.jwks) if client.jwks else None, "scopes": " ".join(sorted(client.scopes)),
-            "created_at": _now(), "disabled": int(client.disabled),
+            "created_at": utc_stamp(), "disabled": int(client.disabled),
         }
         try:
             await self._write(lambda c: c.execute(insert(schema.oauth_clients).values(**values)))
@@ -120,9 +120,3 @@ def _client(row: object) -> ClientRecord:
         secret_hash=r.secret_hash, jwks=json.loads(r.jwks) if r.jwks else None,  # type: ignore[attr-defined]
         disabled=bool(r.disabled),  # type: ignore[attr-defined]
     )
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -30,6 +30,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
+from ..domain.clock import utc_stamp
 from ..domain.scopes import narrow
 from .ports import ClientRecord, SecurityRecords, SigningKeyRecord
 
@@ -85,7 +86,7 @@ def new_signing_key(algorithm: str, now: datetime | None = None) -> SigningKeyRe
     else:
         raise ValueError(f"unsupported signing algorithm {algorithm}")
     return SigningKeyRecord(kid=kid, algorithm=algorithm, private_jwk=dict(key.as_dict(private=True)),
-                            created_at=_iso(now or datetime.now(UTC)))
+                            created_at=utc_stamp(now or datetime.now(UTC)))
 
 
 class KeyRing:
@@ -118,9 +119,9 @@ class KeyRing:
         """A new signing key; the old ones are retired and pruned once their tokens have expired."""
         now = datetime.fromtimestamp(self.clock(), UTC)
         key = new_signing_key(self.algorithm, now)
-        await self.records.add_signing_key(key, retire_others_at=_iso(now))
+        await self.records.add_signing_key(key, retire_others_at=utc_stamp(now))
         horizon = datetime.fromtimestamp(self.clock() - 2 * self.token_lifetime_s, UTC)
-        await self.records.drop_signing_keys(_iso(horizon))
+        await self.records.drop_signing_keys(utc_stamp(horizon))
         await self._load(force=True)
         return key
 
@@ -136,7 +137,7 @@ class KeyRing:
     async def public_jwks(self) -> dict[str, object]:
         """Keys that sign, and retired keys whose tokens may still be valid."""
         horizon = datetime.fromtimestamp(self.clock() - self.token_lifetime_s - 60, UTC)
-        keys = [k for k in await self._load() if k.retired_at is None or k.retired_at >= _iso(horizon)]
+        keys = [k for k in await self._load() if k.retired_at is None or k.retired_at >= utc_stamp(horizon)]
         return {"keys": [_import(k.private_jwk).as_dict(private=False) for k in keys]}
 
     async def verification_keys(self, kid: str | None, refetch: bool) -> KeySet:
@@ -263,10 +264,6 @@ def _import(jwk: dict[str, object]) -> ECKey | RSAKey:
 
 def _name(exc: Exception) -> str:
     return getattr(exc, "error", None) or type(exc).__name__
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _b64(data: bytes) -> str:

@@ -7,12 +7,11 @@ It is queued, never awaited: the trail writes behind the requests.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...domain.access import ANONYMOUS, Principal
 from ...domain.audit import AuditEvent
+from ...domain.clock import utc_stamp
 from ...services import audit
 from ...services.ports import AuditTrail
 
@@ -46,7 +45,7 @@ class AuditMiddleware:
                     client = scope.get("client")
                     query = scope.get("query_string", b"").decode("latin-1")
                     self.trail.record(AuditEvent(
-                        recorded_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                        recorded_at=utc_stamp(),
                         subject=principal.subject, client_id=principal.client_id, door=door, action=action,
                         method=scope["method"], route=route, status=status,
                         patient_ids=tuple(sorted(note.patient_ids)), study_uids=tuple(sorted(note.study_uids)),

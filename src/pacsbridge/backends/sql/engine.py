@@ -54,6 +54,11 @@ class SqliteWriter:
 
 
 
+def holding(writer: SqliteWriter | None) -> contextlib.AbstractContextManager[object]:
+    """The writer lock where there is one (SQLite file); nothing to hold for PostgreSQL."""
+    return writer.hold() if writer is not None else contextlib.nullcontext()
+
+
 def writer_for(engine: Engine) -> SqliteWriter | None:
     """The writer lock of an SQLite file database; None for PostgreSQL (row locks) or in-memory."""
     database = engine.url.database if engine.dialect.name == "sqlite" else None
