@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from ...domain.access import ANONYMOUS, Principal
 from ...services.ingest import IngestService
 from ...services.retrieve import RetrieveService
 from ...services.search import SearchService
@@ -34,8 +33,3 @@ class DicomwebContext:
         if self.config.public_url:
             return self.config.public_url.rstrip("/") + self.config.root
         return str(request.base_url).rstrip("/") + self.config.root
-
-
-def principal_of(request: Request) -> Principal:
-    """The caller, as the access middleware (adapters/auth.py) recorded it."""
-    return getattr(request.state, "principal", ANONYMOUS)

@@ -14,7 +14,8 @@ from starlette.responses import Response
 from ...domain.model import Level
 from ...domain.query import Match, MatchKind
 from ...formats.qido import parse_qido
-from .context import DicomwebContext, principal_of
+from ..auth.middleware import principal_of
+from .context import DicomwebContext
 from .negotiation import choose_json, ranges
 
 LEVELS = {"studies": Level.STUDY, "series": Level.SERIES, "instances": Level.INSTANCE}

@@ -31,7 +31,8 @@ from ...domain.model import Origin
 from ...domain.store import FailureReason, StoreResult
 from ...formats.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_content_type
 from ...services.ingest import Received
-from .context import DicomwebContext, principal_of
+from ..auth.middleware import principal_of
+from .context import DicomwebContext
 from .errors import error_response
 
 WRITE_BUFFER = 1 << 20

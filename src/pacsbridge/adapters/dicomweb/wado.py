@@ -16,7 +16,8 @@ from ...domain.model import Scope, StoredInstance
 from ...formats.media import MediaRange
 from ...formats.multipart import MultipartWriter, multipart_related_type, new_boundary
 from ...formats.render import parse_render_params
-from .context import DicomwebContext, principal_of
+from ..auth.middleware import principal_of
+from .context import DicomwebContext
 from .negotiation import (
     ANY_TS,
     choose_frames,

@@ -11,7 +11,8 @@ from starlette.responses import Response, StreamingResponse
 from ...domain.errors import InvalidInput, Unsupported
 from ...domain.model import EXPLICIT_VR_LITTLE_ENDIAN, Scope
 from ...formats.render import parse_wado_uri_params
-from .context import DicomwebContext, principal_of
+from ..auth.middleware import principal_of
+from .context import DicomwebContext
 
 RENDERED = ("image/jpeg", "image/png", "image/gif")
 RENDER_ONLY = ("annotation", "rows", "columns", "region", "windowCenter", "windowWidth", "frameNumber",
