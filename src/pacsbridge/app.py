@@ -11,12 +11,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 
 from . import allocator
 from .adapters.admin import routes as admin_routes
@@ -24,20 +25,26 @@ from .adapters.auth import issuer as issuer_routes
 from .adapters.auth import signed_urls
 from .adapters.auth.audit import AuditMiddleware
 from .adapters.auth.middleware import AccessMiddleware, PublicRoute
+from .adapters.auth.oidc_login import OidcClient, OidcSignIn
 from .adapters.auth.tokens import Introspector, JwtVerifier, LocalKeys, RemoteJwks, TokenVerifier
 from .adapters.dicomweb.context import DicomwebConfig, DicomwebContext
 from .adapters.dicomweb.errors import handle_domain_error
 from .adapters.dicomweb.routes import routes as dicomweb_routes
 from .adapters.http import AccessLog, CrossOriginResourcePolicy, cors_middleware, health
+from .adapters.web.console import routes as console_routes
+from .adapters.web.pages import Pages
+from .adapters.web.sign_in import routes as sign_in_routes
 from .backends.audit import SqlAuditTrail
 from .backends.local import LocalArchive
 from .backends.records import SqlSecurityRecords
+from .backends.web_login import SqlWebLoginRecords
 from .domain.errors import PacsbridgeError
 from .services.ingest import IngestOptions, IngestService
 from .services.issuer import KeyRing, TokenIssuer
 from .services.ports import ClientRecord
 from .services.retrieve import RetrieveService
 from .services.search import SearchService
+from .services.web_login import PasswordLogin, SessionBook, SessionPolicy
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,8 @@ class Services:
     keys: KeyRing
     issuer: TokenIssuer
     audit: SqlAuditTrail
+    sessions: SessionBook
+    passwords: PasswordLogin
 
 
 def build_services(settings: Settings) -> Services:
@@ -62,6 +71,9 @@ def build_services(settings: Settings) -> Services:
     archive = LocalArchive.open(settings.resolved_database_url(), data_dir, fsync=settings.storage.fsync)
     records = SqlSecurityRecords(archive.engine)
     auth = settings.auth
+    web_records = SqlWebLoginRecords(archive.engine)
+    policy = SessionPolicy(lifetime_s=auth.web.session_seconds, idle_s=auth.web.idle_seconds,
+                           lock_after=auth.web.lock_after, lock_s=auth.web.lock_seconds)
     keys = KeyRing(records, auth.key_algorithm, auth.token_lifetime_seconds)
     declared = [
         ClientRecord(client_id=c.client_id, name=c.client_id, scopes=frozenset(c.scopes),
@@ -78,18 +90,28 @@ def build_services(settings: Settings) -> Services:
         issuer=TokenIssuer(records, keys, settings.resolved_issuer(), auth.audience, auth.token_lifetime_seconds,
                            declared),
         audit=SqlAuditTrail(archive.engine),
+        sessions=SessionBook(web_records, policy),
+        passwords=PasswordLogin(web_records, policy),
     )
 
 
-def build_verifier(settings: Settings, services: Services, http: httpx.AsyncClient) -> TokenVerifier:
-    """How bearer tokens are checked in this deployment (``auth.mode``)."""
+def identity_provider(settings: Settings, http: httpx.AsyncClient) -> RemoteJwks | None:
+    """The site's OpenID provider (discovery document and keys); None with the built-in issuer."""
     auth = settings.auth
     if auth.mode == "builtin":
-        return JwtVerifier(LocalKeys(services.keys.verification_keys), settings.resolved_issuer(), auth.audience,
-                           [auth.key_algorithm], auth.leeway_seconds, auth.patient_claim)
+        return None
     if not auth.issuer:
         raise ValueError(f"auth.mode {auth.mode} needs auth.issuer (the identity provider's issuer URL)")
-    remote = RemoteJwks(http, auth.issuer, auth.discovery_url, auth.jwks_cache_seconds, auth.jwks_refetch_seconds)
+    return RemoteJwks(http, auth.issuer, auth.discovery_url, auth.jwks_cache_seconds, auth.jwks_refetch_seconds)
+
+
+def build_verifier(settings: Settings, services: Services, http: httpx.AsyncClient,
+                   remote: RemoteJwks | None) -> TokenVerifier:
+    """How bearer tokens are checked in this deployment (``auth.mode``)."""
+    auth = settings.auth
+    if remote is None:
+        return JwtVerifier(LocalKeys(services.keys.verification_keys), settings.resolved_issuer(), auth.audience,
+                           [auth.key_algorithm], auth.leeway_seconds, auth.patient_claim)
     if auth.mode == "oidc":
         return JwtVerifier(remote, auth.issuer, auth.audience, auth.algorithms, auth.leeway_seconds,
                            auth.patient_claim)
@@ -107,6 +129,26 @@ def build_verifier(settings: Settings, services: Services, http: httpx.AsyncClie
                         auth.audience, auth.issuer, intro.cache_seconds, auth.patient_claim)
 
 
+def build_page_sign_in(settings: Settings, http: httpx.AsyncClient, remote: RemoteJwks | None,
+                       verifier: TokenVerifier) -> OidcSignIn | None:
+    """The pages' sign-in at the site's provider; None with built-in users or without auth.web.client_id."""
+    web = settings.auth.web
+    if remote is None or not web.client_id:
+        return None
+    client = OidcClient(
+        client_id=web.client_id, redirect_uri=settings.resolved_base_url() + "/auth/callback",
+        scopes=tuple(dict.fromkeys(["openid", *web.scopes])),
+        client_secret=web.client_secret.get_secret_value() if web.client_secret else None,
+        extra_params=tuple(web.authorize_params.items()),
+    )
+    return OidcSignIn(http, remote, client, verifier, settings.auth.algorithms, settings.auth.leeway_seconds)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def build_app(settings: Settings, services: Services | None = None) -> Starlette:
     """The ASGI application for these settings."""
     services = services or build_services(settings)
@@ -120,9 +162,16 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
     )
 
     http = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
-    verifier = build_verifier(settings, services, http)
+    remote = identity_provider(settings, http)
+    verifier = build_verifier(settings, services, http, remote)
+    oidc = build_page_sign_in(settings, http, remote, verifier)
+    pages = Pages(services.sessions, settings.resolved_secure_cookies(), "oidc" if oidc else "password",
+                  form_origins=(_origin(remote.issuer),) if oidc and remote else ())
+    page_routes: list[BaseRoute] = [*console_routes(pages, services.audit)]
     signer = signed_urls.UrlSigner(services.keys, settings.resolved_issuer())
-    public: list[PublicRoute] = [PublicRoute("/health", health)]
+    public: list[BaseRoute] = [PublicRoute("/health", health)]
+    public += sign_in_routes(pages, services.passwords if remote is None else None, oidc,
+                             settings.auth.web.post_logout_redirect_uri)
     if settings.auth.mode == "builtin":
         public += issuer_routes.routes(issuer_routes.IssuerEndpoints(
             settings.resolved_issuer(), services.issuer, services.keys))
@@ -150,12 +199,13 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
         *([Middleware(CrossOriginResourcePolicy)] if settings.cors.cross_origin_isolation else []),
         Middleware(AuditMiddleware, trail=services.audit),
         Middleware(AccessMiddleware, verifier=verifier, public=lambda: public,
-                   open_prefixes=settings.auth.open_routes, signed=signer.verify),
+                   open_prefixes=settings.auth.open_routes, signed=signer.verify, pages=lambda: page_routes),
     ]
     app = Starlette(
         routes=[
             *public,
             *admin_routes(services.audit),
+            *page_routes,
             *signed_urls.routes(signer),
             Mount(dw.root, routes=dicomweb_routes(ctx)) if dw.root else Mount("", routes=dicomweb_routes(ctx)),
         ],

@@ -1,4 +1,4 @@
-"""The ``pacsbridge`` command: serve, import, check-config, demo-data, clients, keys.
+"""The ``pacsbridge`` command: serve, import, check-config, demo-data, clients, keys, users.
 
 With no options ``serve`` runs the embedded default: data in ./pacsbridge-data, a SQLite index and
 files, DICOMweb under /dicomweb on 127.0.0.1:8042.
@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,90 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(args: argparse.Namespace) -> str | None:
+    """The new password: generated (``--generate``), typed twice at a terminal, or one line of stdin."""
+    import getpass
+    import secrets as token_source
+
+    if getattr(args, "generate", False):
+        return token_source.token_urlsafe(18)
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Again: "):
+            print("the passwords differ", file=sys.stderr)
+            return None
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _user_command(args: argparse.Namespace, work: Any) -> int:
+    """Run ``work(passwords)`` against the configured store; user errors become exit status 1."""
+    from .domain.errors import Conflict, NotFound
+
+    async def run(services: Any) -> Any:
+        return await work(services.passwords)
+
+    try:
+        _with_services(_settings(args), run)
+    except (Conflict, NotFound, ValueError) as exc:
+        print(getattr(exc, "message", str(exc)), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    """A built-in user of the HTML pages (sites without an identity provider)."""
+    password = _read_password(args)
+    if password is None:
+        return 1
+    patients = frozenset(args.patient) if args.patient else None
+    status = _user_command(args, lambda passwords: passwords.add(
+        args.username, password, args.scope, display_name=args.display_name, patient_ids=patients))
+    if status == 0:
+        shown = {"username": args.username, "scope": " ".join(sorted(args.scope))}
+        if args.generate:
+            shown["password"] = password
+        print(json.dumps(shown, indent=2))
+        if args.generate:
+            print("The password is shown only now; pacsbridge keeps a hash of it.", file=sys.stderr)
+    return status
+
+
+def cmd_users_passwd(args: argparse.Namespace) -> int:
+    password = _read_password(args)
+    if password is None:
+        return 1
+    status = _user_command(args, lambda passwords: passwords.set_password(args.username, password))
+    if status == 0 and args.generate:
+        print(json.dumps({"username": args.username, "password": password}, indent=2))
+    return status
+
+
+def cmd_users_disable(args: argparse.Namespace) -> int:
+    return _user_command(args, lambda passwords: passwords.set_disabled(args.username, args.disabled))
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    async def remove(passwords: Any) -> None:
+        from .domain.errors import NotFound
+
+        if not await passwords.remove(args.username):
+            raise NotFound(f"no user named {args.username!r}")
+
+    return _user_command(args, remove)
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    async def listed(services: Any) -> list[Any]:
+        return list(await services.passwords.records.users())
+
+    rows = _with_services(_settings(args), listed)
+    print(json.dumps([{"username": u.username, "display_name": u.display_name, "scope": " ".join(sorted(u.scopes)),
+                       "patients": sorted(u.patient_ids) if u.patient_ids is not None else None,
+                       "disabled": u.disabled, "locked": u.locked_until > time.time()} for u in rows], indent=2))
+    return 0
+
+
 def _slug(name: str) -> str:
     import re
 
@@ -274,6 +359,35 @@ def parser() -> argparse.ArgumentParser:
     keys_list = keys.add_parser("list", help="the signing keys and when they were retired")
     common(keys_list)
     keys_list.set_defaults(func=cmd_keys_list)
+
+    users = sub.add_parser("users", help="built-in users of the HTML pages (no identity provider)").add_subparsers(
+        dest="users_command", required=True)
+    user_add = users.add_parser("add", help="create a user; the password is read from the terminal or stdin")
+    common(user_add)
+    user_add.add_argument("username")
+    user_add.add_argument("--scope", action="append", required=True, help="a scope of the user's sessions (repeat)")
+    user_add.add_argument("--display-name")
+    user_add.add_argument("--patient", action="append", help="bind the user to this PatientID (repeat)")
+    user_add.add_argument("--generate", action="store_true", help="make a password and print it once")
+    user_add.set_defaults(func=cmd_users_add)
+    passwd = users.add_parser("passwd", help="set a user's password (and lift a lock)")
+    common(passwd)
+    passwd.add_argument("username")
+    passwd.add_argument("--generate", action="store_true", help="make a password and print it once")
+    passwd.set_defaults(func=cmd_users_passwd)
+    for verb, disabled, text in (("disable", True, "refuse the user's sign-ins, end their sessions"),
+                                 ("enable", False, "allow them again")):
+        toggle = users.add_parser(verb, help=text)
+        common(toggle)
+        toggle.add_argument("username")
+        toggle.set_defaults(func=cmd_users_disable, disabled=disabled)
+    user_remove = users.add_parser("remove", help="delete a user")
+    common(user_remove)
+    user_remove.add_argument("username")
+    user_remove.set_defaults(func=cmd_users_remove)
+    user_list = users.add_parser("list", help="the users, without password hashes")
+    common(user_list)
+    user_list.set_defaults(func=cmd_users_list)
 
     demo = sub.add_parser("demo-data", help="write a synthetic demo data set to a folder")
     demo.add_argument("folder")

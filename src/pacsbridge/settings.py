@@ -79,6 +79,32 @@ class IssuerClient(BaseModel):
     scopes: list[str] = Field(default_factory=list, description="Scopes the client may be granted.")
 
 
+class WebLoginSettings(BaseModel):
+    """Signing in to the HTML pages: built-in users (auth.mode builtin) or the OpenID provider's
+    authorization code flow with PKCE (auth.mode oidc or introspection)."""
+
+    client_id: str | None = Field(
+        default=None, description="oidc/introspection: our client at the provider; its redirect URI is "
+        "<public_url>/auth/callback. Unset: no page sign-in.")
+    client_secret: SecretStr | None = Field(
+        default=None, description="A confidential client's secret; unset: a public client (PKCE only).")
+    scopes: list[str] = Field(
+        default_factory=lambda: ["openid", "profile", "admin"],
+        description="Scopes asked of the provider; the session gets those its access token carries.")
+    authorize_params: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra parameters for the provider's authorization and token requests "
+        "(e.g. resource, RFC 8707, so that the access token's aud is ours).")
+    post_logout_redirect_uri: str | None = Field(
+        default=None, description="Where the provider sends the browser after signing out (registered there).")
+    session_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 86400, description="A session's longest life.")
+    idle_seconds: int = Field(default=30 * 60, ge=60, description="A session unused this long ends.")
+    lock_after: int = Field(default=5, ge=1, description="builtin: failed sign-ins in a row that lock a user.")
+    lock_seconds: int = Field(default=15 * 60, ge=1, description="builtin: how long such a lock lasts.")
+    secure_cookies: bool | None = Field(
+        default=None, description="Mark cookies Secure (__Host- prefix); default: when public_url is https.")
+
+
 class AuthSettings(BaseModel):
     """Who may call: OAuth 2.0 bearer tokens on every route but health and discovery."""
 
@@ -113,6 +139,7 @@ class AuthSettings(BaseModel):
     token_lifetime_seconds: int = Field(default=300, ge=30, le=86400, description="builtin: access token lifetime.")
     key_algorithm: Literal["ES256", "RS256"] = Field(default="ES256", description="builtin: signing key type.")
     clients: list[IssuerClient] = Field(default_factory=list, description="builtin: clients declared in settings.")
+    web: WebLoginSettings = Field(default_factory=WebLoginSettings)
 
 
 class Settings(BaseSettings):
@@ -164,11 +191,16 @@ class Settings(BaseSettings):
 
     def resolved_issuer(self) -> str:
         """The built-in issuer's URL (the ``iss`` of its tokens)."""
-        if self.auth.issuer:
-            return self.auth.issuer.rstrip("/")
-        if self.public_url:
-            return self.public_url.rstrip("/")
-        return f"http://{self.host}:{self.port}"
+        return self.auth.issuer.rstrip("/") if self.auth.issuer else self.resolved_base_url()
+
+    def resolved_base_url(self) -> str:
+        """Where browsers and clients reach us: public_url, else http://host:port."""
+        return self.public_url.rstrip("/") if self.public_url else f"http://{self.host}:{self.port}"
+
+    def resolved_secure_cookies(self) -> bool:
+        if self.auth.web.secure_cookies is not None:
+            return self.auth.web.secure_cookies
+        return bool(self.public_url and self.public_url.startswith("https://"))
 
     def resolved_database_url(self) -> str:
         if self.database_url is not None:

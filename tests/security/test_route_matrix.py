@@ -17,11 +17,14 @@ from joserfc.jwk import ECKey
 from starlette.routing import BaseRoute, Mount
 
 from pacsbridge.adapters.auth.middleware import GuardedRoute, PublicRoute
+from pacsbridge.adapters.web.pages import PageRoute
 
 from .conftest import Closed
 
 PUBLIC = {"/health", "/.well-known/openid-configuration", "/.well-known/oauth-authorization-server",
-          "/.well-known/smart-configuration", "/oauth/jwks", "/oauth/token"}
+          "/.well-known/smart-configuration", "/oauth/jwks", "/oauth/token",
+          # signing in to the HTML pages, and their stylesheet
+          "/", "/login", "/auth/callback", "/logout", "/ui/static/pacsbridge.css"}
 
 
 def walk(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, BaseRoute]]:
@@ -36,7 +39,7 @@ def test_every_route_is_guarded_or_public(closed: Closed) -> None:
     found = list(walk(list(closed.server.app.routes)))
     assert len(found) > 25
     for path, route in found:
-        assert isinstance(route, GuardedRoute | PublicRoute), f"{path} is neither guarded nor public"
+        assert isinstance(route, GuardedRoute | PublicRoute | PageRoute), f"{path} is neither guarded nor public"
         if isinstance(route, PublicRoute):
             assert path in PUBLIC, f"{path} is public but not in the reviewed list of public routes"
 
@@ -151,3 +154,16 @@ def test_searches_in_patient_context_return_only_that_patient(any_closed: Closed
     everyone = httpx.get(closed.base + path, headers={"Authorization": "Bearer " + closed.token("reader"),
                                                        "Accept": "application/dicom+json"})
     assert {row["00100020"]["Value"][0] for row in everyone.json()} == {s.patient_id for s in closed.studies.values()}
+
+
+def test_every_page_sends_a_browser_without_a_session_to_sign_in_whatever_token_it_brings(closed: Closed) -> None:
+    """Pages read the session cookie only: a bearer token, even an admin's, is not a way in."""
+    pages = [(path, route) for path, route in walk(list(closed.server.app.routes)) if isinstance(route, PageRoute)]
+    assert {"/ui/", "/ui/audit"} <= {path for path, _ in pages}
+    admin = closed.token("admin")
+    for path, _route in pages:
+        for headers in ({}, {"Authorization": f"Bearer {admin}"}):
+            r = httpx.get(closed.base + path, headers=headers)
+            assert r.status_code == 303, (path, headers.keys(), r.status_code)
+            assert r.headers["Location"].startswith("/login?next="), r.headers["Location"]
+            assert "PAT-" not in r.text

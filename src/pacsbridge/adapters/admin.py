@@ -8,7 +8,7 @@ Both take patient, study, subject, door, since, until (ISO 8601 UTC), _count (at
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -50,13 +50,24 @@ def routes(trail: AuditTrail) -> list[GuardedRoute]:
 
 
 def _filter(request: Request) -> AuditFilter | Response:
-    q = request.query_params
     try:
-        count = int(q.get("_count", "100"))
-        offset = int(q.get("_offset", "0"))
+        return audit_filter(request.query_params)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+def audit_filter(q: Mapping[str, str], default_count: int = 100) -> AuditFilter:
+    """The trail query of these parameters (shared by the API and the audit page); ValueError if bad."""
+    try:
+        count = int(q.get("_count") or default_count)
+        offset = int(q.get("_offset") or 0)
     except ValueError:
-        return JSONResponse({"error": "_count and _offset must be integers"}, status_code=400)
+        raise ValueError("_count and _offset must be integers") from None
     if not 0 < count <= MAX_COUNT or offset < 0:
-        return JSONResponse({"error": f"_count must be 1..{MAX_COUNT}, _offset at least 0"}, status_code=400)
-    return AuditFilter(patient_id=q.get("patient"), study_uid=q.get("study"), subject=q.get("subject"),
-                       door=q.get("door"), since=q.get("since"), until=q.get("until"), limit=count, offset=offset)
+        raise ValueError(f"_count must be 1..{MAX_COUNT}, _offset at least 0")
+
+    def given(name: str) -> str | None:
+        return (q.get(name) or "").strip() or None
+
+    return AuditFilter(patient_id=given("patient"), study_uid=given("study"), subject=given("subject"),
+                       door=given("door"), since=given("since"), until=given("until"), limit=count, offset=offset)

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
-import anyio.to_thread
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -21,9 +18,7 @@ from ..domain.clock import utc_stamp
 from ..domain.errors import Conflict
 from ..services.ports import ClientRecord, SigningKeyRecord
 from .sql import schema
-from .sql.engine import holding, writer_for
-
-T = TypeVar("T")
+from .sql.engine import InThread
 
 
 class SqlSecurityRecords:
@@ -31,21 +26,8 @@ class SqlSecurityRecords:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._writer = writer_for(engine)
-
-    async def _read(self, work: Callable[[Connection], T]) -> T:
-        def run() -> T:
-            with self.engine.connect() as conn:
-                return work(conn)
-
-        return await anyio.to_thread.run_sync(run)
-
-    async def _write(self, work: Callable[[Connection], T]) -> T:
-        def run() -> T:
-            with holding(self._writer), self.engine.begin() as conn:
-                return work(conn)
-
-        return await anyio.to_thread.run_sync(run)
+        db = InThread(engine)
+        self._read, self._write = db.read, db.write
 
     # --- clients ----------------------------------------------------------------------------------
 

@@ -137,6 +137,74 @@ class SecurityRecords(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class UserRecord:
+    """A built-in user who signs in to the HTML pages with a password (sites without an identity
+    provider). ``scopes`` are what the user's session is granted; ``patient_ids`` binds it to patients."""
+
+    username: str
+    password_hash: str
+    scopes: frozenset[str]
+    display_name: str | None = None
+    patient_ids: frozenset[str] | None = None
+    disabled: bool = False
+    failures: int = 0  # failed sign-ins in a row
+    locked_until: int = 0  # epoch seconds; sign-in refused before then
+
+
+@dataclass(frozen=True)
+class WebSession:
+    """A browser's sign-in with us, kept server-side; the cookie carries only a random key whose SHA-256
+    (``key_hash``) is stored. ``kind`` is "login" while an OIDC sign-in is under way (``data`` holds its
+    state, nonce, PKCE verifier and where to go next), then "session" (``data`` may hold the ID token)."""
+
+    key_hash: str
+    kind: str
+    subject: str
+    csrf: str
+    created_at: int
+    expires_at: int
+    seen_at: int
+    client_id: str | None = None
+    scopes: frozenset[str] = frozenset()
+    patient_ids: frozenset[str] | None = None
+    name: str | None = None
+    data: dict[str, str] | None = None
+
+
+class WebLoginRecords(Protocol):
+    """Built-in users and browser sessions."""
+
+    async def user(self, username: str) -> UserRecord | None: ...
+
+    async def users(self) -> list[UserRecord]: ...
+
+    async def put_user(self, user: UserRecord, *, create: bool) -> None:
+        """Store a user; with ``create``, Conflict if the username exists, else NotFound if it does not."""
+        ...
+
+    async def remove_user(self, username: str) -> bool: ...
+
+    async def note_sign_in(self, username: str, succeeded: bool, lock_after: int, lock_seconds: int) -> None:
+        """Count a failed sign-in (locking the user for ``lock_seconds`` after ``lock_after`` in a row), or
+        clear the count after a successful one."""
+        ...
+
+    async def session(self, key_hash: str) -> WebSession | None: ...
+
+    async def put_session(self, session: WebSession) -> None:
+        """Store a new session and drop expired ones."""
+        ...
+
+    async def touch_session(self, key_hash: str, seen_at: int) -> None: ...
+
+    async def drop_session(self, key_hash: str) -> None: ...
+
+    async def drop_sessions_of(self, subject: str) -> int:
+        """End every session of this subject (after a password change, disabling or removal)."""
+        ...
+
+
 class AuditTrail(Protocol):
     """Where audit events are kept (durably, within a short write-behind window)."""
 

@@ -50,7 +50,7 @@ class AuditMiddleware:
                         method=scope["method"], route=route, status=status,
                         patient_ids=tuple(sorted(note.patient_ids)), study_uids=tuple(sorted(note.study_uids)),
                         remote=client[0] if client else None,
-                        detail=query if action == "search" and query else None,
+                        detail=state.get("audit_detail") or (query if action == "search" and query else None),
                     ))
 
 

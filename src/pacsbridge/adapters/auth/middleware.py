@@ -12,6 +12,8 @@ Rules:
 3. 401 without ``error`` when no credentials came; 401 ``invalid_token`` for a bad token; 400
    ``invalid_request`` for a malformed Authorization header. Bodies never echo the token.
 4. A token on an open or public route is still verified, so its patient context applies.
+5. HTML pages (``adapters/web``) authenticate by their session cookie, which only they read; this
+   middleware lets them through without a token and never looks at cookies.
 """
 
 from __future__ import annotations
@@ -75,10 +77,12 @@ class AccessMiddleware:
     """Resolves the principal of each HTTP request before any route runs (closed by default)."""
 
     def __init__(self, app: ASGIApp, verifier: TokenVerifier | None, public: Callable[[], list[BaseRoute]],
-                 open_prefixes: Sequence[str] = (), signed: SignedUrlVerifier | None = None) -> None:
+                 open_prefixes: Sequence[str] = (), signed: SignedUrlVerifier | None = None,
+                 pages: Callable[[], list[BaseRoute]] = list) -> None:
         self.app = app
         self.verifier = verifier
         self.public = public
+        self.pages = pages
         self.open_prefixes = tuple(p.rstrip("/") for p in open_prefixes)
         self.signed = signed
 
@@ -117,14 +121,17 @@ class AccessMiddleware:
                 return None, await self.signed(signature, scope["method"], scope["path"], query)
             except InvalidToken as exc:
                 return _challenge(401, "invalid_token", exc.description), ANONYMOUS
-        if self._is_public(scope):
-            return None, ANONYMOUS
+        if self._is_public(scope) or self._is_page(scope):
+            return None, ANONYMOUS  # a page checks its session cookie itself (adapters/web/pages.py)
         if self._is_open(scope["path"]):
             return None, OPERATOR
         return _challenge(401, None, "a bearer token is required"), ANONYMOUS
 
     def _is_public(self, scope: Scope) -> bool:
         return any(route.matches(scope)[0] != Match.NONE for route in self.public())
+
+    def _is_page(self, scope: Scope) -> bool:
+        return any(route.matches(scope)[0] != Match.NONE for route in self.pages())
 
     def _is_open(self, path: str) -> bool:
         return any(p == "" or path == p or path.startswith(p + "/") for p in self.open_prefixes)

@@ -175,6 +175,13 @@ class JwtVerifier:
         key, known = self._remembered.recall(token)
         if known is not None:
             return known
+        claims = await self.claims(token)
+        principal = principal_from_claims(claims, self.patient_claim)
+        self._remembered.put(key, principal, float(claims["exp"]) + self.leeway_s)
+        return principal
+
+    async def claims(self, token: str) -> dict[str, Any]:
+        """The claims of a token whose signature, algorithm, iss, aud and times check out."""
         try:
             header = jws.extract_compact(token.encode()).headers()
         except (JoseError, ValueError, TypeError) as exc:
@@ -196,11 +203,9 @@ class JwtVerifier:
                 raise InvalidToken("the token's signature does not verify") from exc
         if decoded is None:
             raise InvalidToken("the token is signed with a key the issuer does not publish")
-        claims = decoded.claims
+        claims = dict(decoded.claims)
         self._check_claims(claims)
-        principal = principal_from_claims(claims, self.patient_claim)
-        self._remembered.put(key, principal, float(claims["exp"]) + self.leeway_s)
-        return principal
+        return claims
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         registry = jwt.JWTClaimsRegistry(

@@ -6,11 +6,14 @@ import contextlib
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+import anyio.to_thread
+from sqlalchemy import Connection, Engine, create_engine, event
+
+T = TypeVar("T")
 
 
 def make_engine(url: str) -> Engine:
@@ -52,8 +55,6 @@ class SqliteWriter:
                 os.close(fd)  # closing the descriptor releases the lock
 
 
-
-
 def holding(writer: SqliteWriter | None) -> contextlib.AbstractContextManager[object]:
     """The writer lock where there is one (SQLite file); nothing to hold for PostgreSQL."""
     return writer.hold() if writer is not None else contextlib.nullcontext()
@@ -63,3 +64,26 @@ def writer_for(engine: Engine) -> SqliteWriter | None:
     """The writer lock of an SQLite file database; None for PostgreSQL (row locks) or in-memory."""
     database = engine.url.database if engine.dialect.name == "sqlite" else None
     return SqliteWriter(Path(database)) if database and database != ":memory:" else None
+
+
+class InThread:
+    """Runs SQLAlchemy work in a worker thread (SQLAlchemy is synchronous; DESIGN rule 6): reads on a
+    plain connection, writes in one transaction that holds the SQLite writer lock."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = writer_for(engine)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.engine.connect() as conn:
+                return work(conn)
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with holding(self._writer), self.engine.begin() as conn:
+                return work(conn)
+
+        return await anyio.to_thread.run_sync(run)

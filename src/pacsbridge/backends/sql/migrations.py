@@ -146,7 +146,33 @@ def _security_v4(conn: Connection) -> None:
     v4.create_all(conn)
 
 
-MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4)
+def _web_login_v5(conn: Connection) -> None:
+    """Built-in users of the HTML pages and browser sessions (the cookie holds a key; its hash is kept)."""
+    v5 = MetaData()
+    Table(
+        "web_users", v5,
+        Column("username", String(128), primary_key=True),
+        Column("password_hash", String(256), nullable=False), Column("scopes", Text, nullable=False),
+        Column("display_name", String(256)), Column("patient_ids", Text),
+        Column("disabled", Integer, nullable=False, server_default="0"),
+        Column("failures", Integer, nullable=False, server_default="0"),
+        Column("locked_until", Integer, nullable=False, server_default="0"),
+        Column("created_at", String(32), nullable=False),
+    )
+    sessions = Table(
+        "web_sessions", v5,
+        Column("key_hash", String(64), primary_key=True), Column("kind", String(16), nullable=False),
+        Column("subject", String(256), nullable=False), Column("client_id", String(256)),
+        Column("scopes", Text, nullable=False), Column("patient_ids", Text), Column("name", String(256)),
+        Column("csrf", String(64), nullable=False), Column("data", Text),
+        Column("created_at", Integer, nullable=False), Column("expires_at", Integer, nullable=False),
+        Column("seen_at", Integer, nullable=False),
+    )
+    Index("ix_web_sessions_expires", sessions.c.expires_at)
+    v5.create_all(conn)
+
+
+MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4, _web_login_v5)
 
 
 def current_version(conn: Connection) -> int:

@@ -128,3 +128,35 @@ audit_events = Table(
 )
 Index("ix_audit_recorded_at", audit_events.c.recorded_at)
 Index("ix_audit_subject", audit_events.c.subject, audit_events.c.recorded_at)
+
+# --- web sign-in (v5): built-in users and browser sessions ----------------------------------------
+
+web_users = Table(
+    "web_users", metadata,
+    Column("username", String(128), primary_key=True),
+    Column("password_hash", String(256), nullable=False),  # scrypt, see services/issuer.py
+    Column("scopes", Text, nullable=False),  # space-separated
+    Column("display_name", String(256)),
+    Column("patient_ids", Text),  # JSON list; NULL: not bound to patients
+    Column("disabled", Integer, nullable=False, server_default="0"),
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("locked_until", Integer, nullable=False, server_default="0"),
+    Column("created_at", String(32), nullable=False),
+)
+
+web_sessions = Table(
+    "web_sessions", metadata,
+    Column("key_hash", String(64), primary_key=True),  # SHA-256 of the cookie's random key, hex
+    Column("kind", String(16), nullable=False),  # login | session
+    Column("subject", String(256), nullable=False),
+    Column("client_id", String(256)),
+    Column("scopes", Text, nullable=False),
+    Column("patient_ids", Text),  # JSON list or NULL
+    Column("name", String(256)),
+    Column("csrf", String(64), nullable=False),
+    Column("data", Text),  # JSON
+    Column("created_at", Integer, nullable=False),
+    Column("expires_at", Integer, nullable=False),
+    Column("seen_at", Integer, nullable=False),
+)
+Index("ix_web_sessions_expires", web_sessions.c.expires_at)
