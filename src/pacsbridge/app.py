@@ -32,7 +32,7 @@ from .adapters.dicomweb.errors import handle_domain_error
 from .adapters.dicomweb.routes import routes as dicomweb_routes
 from .adapters.http import AccessLog, CrossOriginResourcePolicy, cors_middleware, health
 from .adapters.web.console import routes as console_routes
-from .adapters.web.pages import Pages
+from .adapters.web.pages import PAGE_PREFIXES, Pages
 from .adapters.web.sign_in import routes as sign_in_routes
 from .backends.audit import SqlAuditTrail
 from .backends.local import LocalArchive
@@ -135,6 +135,9 @@ def build_page_sign_in(settings: Settings, http: httpx.AsyncClient, remote: Remo
     web = settings.auth.web
     if remote is None or not web.client_id:
         return None
+    if not settings.public_url and settings.host in ("0.0.0.0", "::", ""):
+        raise ValueError("auth.web.client_id needs public_url: the provider must send browsers back to "
+                         "<public_url>/auth/callback, and a wildcard host address is no place to send them")
     client = OidcClient(
         client_id=web.client_id, redirect_uri=settings.resolved_base_url() + "/auth/callback",
         scopes=tuple(dict.fromkeys(["openid", *web.scopes])),
@@ -195,7 +198,8 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
 
     middleware = [
         Middleware(AccessLog),
-        *cors_middleware(settings.cors.allow_origins, settings.cors.allow_credentials, settings.cors.max_age),
+        *cors_middleware(settings.cors.allow_origins, settings.cors.allow_credentials, settings.cors.max_age,
+                         same_origin_only=PAGE_PREFIXES),
         *([Middleware(CrossOriginResourcePolicy)] if settings.cors.cross_origin_isolation else []),
         Middleware(AuditMiddleware, trail=services.audit),
         Middleware(AccessMiddleware, verifier=verifier, public=lambda: public,

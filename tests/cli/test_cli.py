@@ -201,3 +201,52 @@ def test_serve_with_two_workers_shares_one_store(tmp_path: Path) -> None:
         proc.terminate()
         output, _ = proc.communicate(timeout=30)
     assert output.count("Started server process") == 2, output
+
+
+def test_users_commands_and_a_page_session_shared_by_two_workers(tmp_path: Path) -> None:
+    """`pacsbridge users` as an operator runs it, against a running two-worker server: the user signs
+    in once and every worker knows the session (it lives in the database); disabling ends it."""
+    import re
+
+    data = ["--data-dir", str(tmp_path / "d")]
+    password = "a password for the test"
+    added = subprocess.run([*PACSBRIDGE, "users", "add", "ada", "--scope", "admin", "--display-name", "Ada", *data],
+                           input=password + "\n", capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout) == {"username": "ada", "scope": "admin"}
+    again = subprocess.run([*PACSBRIDGE, "users", "add", "ada", "--scope", "admin", *data],
+                           input=password + "\n", capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "exists" in again.stderr
+    short = subprocess.run([*PACSBRIDGE, "users", "add", "bo", "--scope", "admin", *data],
+                           input="short\n", capture_output=True, text=True, timeout=120)
+    assert short.returncode == 1 and "12 characters" in short.stderr
+    generated = run("users", "add", "kiosk", "--scope", "dicomweb.read", "--patient", "PAT-7", "--generate", *data)
+    assert generated.returncode == 0 and len(json.loads(generated.stdout)["password"]) >= 12
+
+    port = free_port()
+    proc = subprocess.Popen([*PACSBRIDGE, "serve", "--port", str(port), "--workers", "2", *data],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_health(proc, base)
+        with httpx.Client(base_url=base, follow_redirects=False) as browser:
+            form = browser.get("/login")
+            token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert token, form.text
+            signed_in = browser.post("/login", data={"username": "ada", "password": password,
+                                                      "csrf": token.group(1), "next": "/ui/audit"})
+            assert signed_in.status_code == 303 and signed_in.headers["Location"] == "/ui/audit"
+            cookie = {"pb_session": browser.cookies["pb_session"]}
+        # Fresh connections, so both workers answer some of them.
+        for _ in range(8):
+            page = httpx.get(base + "/ui/audit", cookies=cookie, headers={"Connection": "close"})
+            assert page.status_code == 200 and "Ada" in page.text
+        assert run("users", "disable", "ada", *data).returncode == 0
+        assert httpx.get(base + "/ui/", cookies=cookie).status_code == 303  # the session ended with it
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    listed = {u["username"]: u for u in json.loads(run("users", "list", *data).stdout)}
+    assert listed["ada"]["disabled"] is True and listed["kiosk"]["patients"] == ["PAT-7"]
+    assert run("users", "remove", "kiosk", *data).returncode == 0
+    assert run("users", "remove", "kiosk", *data).returncode == 1

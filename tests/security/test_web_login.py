@@ -10,12 +10,17 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import unquote
 
 import anyio
 import httpx
 import pytest
 
+from pacsbridge.app import build_app
+from pacsbridge.settings import Settings
+
+from ..support.servers import free_port, serve
 from .conftest import Closed
 
 PASSWORD = "a long enough test password"
@@ -133,6 +138,9 @@ def test_wrong_password_unknown_user_and_stale_form_are_refused_alike_and_audite
     logins = [e for e in events(closed, "web") if e["action"] == "login"]
     details = {e["detail"] for e in logins if e["status"] >= 400}
     assert {"refused: wrong password", "refused: unknown user", "refused: stale or cross-site form"} <= details
+    # A refused sign-in of a known user names the user (which account is being guessed); an unknown name does not.
+    assert {e["subject"] for e in logins if e["detail"] == "refused: wrong password"} >= {f"user:{READER}"}
+    assert {e["subject"] for e in logins if e["detail"] == "refused: unknown user"} == {"anonymous"}
     assert any(e["status"] == 303 and e["subject"] == f"user:{ADMIN}" for e in logins)
     assert not any(PASSWORD in str(e) or "not the password" in str(e) for e in logins)
 
@@ -177,3 +185,61 @@ def test_the_database_keeps_hashes_not_session_keys_or_passwords(closed: Closed,
         dumped = "\n".join(db.iterdump())
     assert key not in dumped and PASSWORD not in dumped
     assert "scrypt$" in dumped
+
+
+def test_signing_in_again_ends_the_browsers_earlier_session(browser: httpx.Client) -> None:
+    sign_in(browser, READER)
+    first = browser.cookies["pb_session"]
+    # Signed in, /login forwards to the pages; a form still open from before is posted (its token pair).
+    assert browser.get("/login").status_code == 303
+    browser.cookies.set("pb_login", "an-earlier-form-token")
+    again = browser.post("/login", data={"username": ADMIN, "password": PASSWORD, "csrf": "an-earlier-form-token"})
+    assert again.status_code == 303
+    assert browser.get("/ui/").status_code == 200
+    browser.cookies.set("pb_session", first)
+    assert browser.get("/ui/").status_code == 303
+
+
+def test_sign_ins_export_as_fhir_user_authentication_events(closed: Closed, browser: httpx.Client) -> None:
+    sign_in(browser, READER, "not the password at all")
+    sign_in(browser, ADMIN)
+    bundle = browser.get("/ui/audit/export", params={"door": "web"}).json()
+    logins = [e["resource"] for e in bundle["entry"] if e["resource"]["type"]["code"] == "110114"]
+    assert {(r["subtype"][0]["code"], r["outcome"]) for r in logins} >= {("110122", "0"), ("110122", "4")}
+    refused = [r for r in logins if r["outcome"] == "4"]
+    assert any("refused: wrong password" in ent.get("description", "") for r in refused for ent in r["entity"])
+
+
+def test_pages_are_never_open_to_other_origins_even_with_credentialed_cors(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", storage={"fsync": False},
+                        cors={"allow_origins": ["*"], "allow_credentials": True})
+    origin = {"Origin": "https://intranet.example"}
+    with serve(settings) as server:
+        api = httpx.get(server.url + "/dicomweb/studies", headers=origin)
+        assert api.headers.get("Access-Control-Allow-Origin") == "https://intranet.example"  # CORS is on
+        for path in ("/ui/", "/login", "/auth/callback"):
+            page = httpx.get(server.url + path, headers=origin)
+            assert "Access-Control-Allow-Origin" not in page.headers, path
+            assert "Access-Control-Allow-Credentials" not in page.headers, path
+
+
+def test_sign_in_at_a_provider_that_is_not_set_up_or_not_reachable_says_so(tmp_path: Path) -> None:
+    gone = f"http://127.0.0.1:{free_port()}"
+    unregistered = Settings(data_dir=tmp_path / "a", storage={"fsync": False}, auth={"mode": "oidc", "issuer": gone})
+    with serve(unregistered) as server:
+        r = httpx.get(server.url + "/login")
+        assert r.status_code == 503 and "auth.web.client_id" in r.text
+        assert httpx.post(server.url + "/login", data={"username": "x", "password": "y"}).status_code == 405
+    unreachable = Settings(data_dir=tmp_path / "b", storage={"fsync": False},
+                           auth={"mode": "oidc", "issuer": gone, "web": {"client_id": "viewer"}})
+    with serve(unreachable) as server:
+        r = httpx.get(server.url + "/login")
+        assert r.status_code == 503 and "identity provider cannot be reached" in r.text
+
+
+def test_a_provider_sign_in_on_a_wildcard_address_needs_public_url(tmp_path: Path) -> None:
+    auth = {"mode": "oidc", "issuer": "http://127.0.0.1:9", "web": {"client_id": "viewer"}}
+    with pytest.raises(ValueError, match="public_url"):
+        build_app(Settings(data_dir=tmp_path / "a", host="0.0.0.0", auth=auth))
+    app = build_app(Settings(data_dir=tmp_path / "b", host="0.0.0.0", public_url="https://pacs.example", auth=auth))
+    assert app is not None

@@ -40,9 +40,9 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def serve(settings: Settings) -> Iterator[RunningServer]:
-    """pacsbridge on a free loopback port, stopped on exit."""
-    port = free_port()
+def serve(settings: Settings, port: int | None = None) -> Iterator[RunningServer]:
+    """pacsbridge on loopback (a free port unless given), stopped on exit."""
+    port = port or free_port()
     running = RunningServer(settings, port)
     config = uvicorn.Config(running.app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -68,11 +69,30 @@ class AccessLog:
                             (time.perf_counter() - started) * 1000)
 
 
-def cors_middleware(origins: list[str], allow_credentials: bool, max_age: int) -> list[Middleware]:
+class CorsForApi:
+    """CORS on the API routes only. The HTML pages and their sign-in are same-origin by design: no
+    other origin may read them, whatever ``cors.allow_origins`` and ``allow_credentials`` say, so a
+    page's patient data and CSRF token never reach another site's script."""
+
+    def __init__(self, app: ASGIApp, same_origin_only: tuple[str, ...], **options: Any) -> None:
+        self.app = app
+        self.cors = CORSMiddleware(app, **options)
+        self.same_origin_only = same_origin_only
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.same_origin_only):
+            await self.app(scope, receive, send)
+        else:
+            await self.cors(scope, receive, send)
+
+
+def cors_middleware(origins: list[str], allow_credentials: bool, max_age: int,
+                    same_origin_only: tuple[str, ...] = ()) -> list[Middleware]:
     if not origins:
         return []
     return [Middleware(
-        CORSMiddleware,
+        CorsForApi,
+        same_origin_only=same_origin_only,
         allow_origins=origins,
         allow_credentials=allow_credentials,
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],

@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, case, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -62,22 +62,16 @@ class SqlWebLoginRecords:
         t = schema.web_users
         return bool(await self._write(lambda c: c.execute(delete(t).where(t.c.username == username)).rowcount))
 
-    async def note_sign_in(self, username: str, succeeded: bool, lock_after: int, lock_seconds: int) -> None:
+    async def note_sign_in(self, username: str, succeeded: bool, lock_after: int, lock_until: int) -> None:
         t = schema.web_users
-
-        def work(conn: Connection) -> None:
-            if succeeded:
-                conn.execute(update(t).where(t.c.username == username).values(failures=0, locked_until=0))
-                return
-            row = conn.execute(select(t.c.failures).where(t.c.username == username)).first()
-            if row is None:
-                return
-            failures = int(row.failures) + 1
-            locked = int(time.time()) + lock_seconds if failures >= lock_after else 0
-            conn.execute(update(t).where(t.c.username == username).values(
-                failures=0 if locked else failures, locked_until=locked))
-
-        await self._write(work)
+        mine = t.c.username == username
+        if succeeded:
+            await self._write(lambda c: c.execute(update(t).where(mine).values(failures=0, locked_until=0)))
+            return
+        reached = t.c.failures + 1 >= lock_after
+        await self._write(lambda c: c.execute(update(t).where(mine).values(
+            failures=case((reached, 0), else_=t.c.failures + 1),
+            locked_until=case((reached, lock_until), else_=t.c.locked_until))))
 
     # --- sessions ---------------------------------------------------------------------------------
 

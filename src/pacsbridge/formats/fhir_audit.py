@@ -1,7 +1,8 @@
 """Audit events as FHIR R4 AuditEvent resources (and a searchset Bundle of them).
 
 See: FHIR R4 AuditEvent; DICOM PS3.15 A.5 and the DCM code system (110112 Query, 110104 DICOM
-Instances Transferred); HL7 audit-entity-type, object-role and security-source-type code systems.
+Instances Transferred, 110114 User Authentication with 110122 Login / 110123 Logout); HL7
+audit-entity-type, object-role and security-source-type code systems.
 The resources are built with ``fhir.resources`` (R4B models), so every export is valid by construction.
 """
 
@@ -25,7 +26,10 @@ EVENT_TYPES = {  # action -> (DCM code, display, FHIR action code)
     "create": ("110104", "DICOM Instances Transferred", "C"),
     "update": ("110103", "DICOM Instances Accessed", "U"),
     "delete": ("110103", "DICOM Instances Accessed", "D"),
+    "login": ("110114", "User Authentication", "E"),
+    "logout": ("110114", "User Authentication", "E"),
 }
+SUBTYPES = {"login": ("110122", "Login"), "logout": ("110123", "Logout")}  # of 110114 User Authentication
 
 
 def outcome_code(status: int) -> str:
@@ -57,13 +61,17 @@ def audit_event(event: AuditEvent, observer: str = "pacsbridge") -> dict[str, An
         "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
         "description": f"{event.method} {event.route} ({event.door}) -> {event.status}",
     }
-    if event.detail:
+    if event.detail and event.action == "search":
         route_entity["role"] = {"system": OBJECT_ROLE, "code": "24", "display": "Query"}
         route_entity["query"] = base64.b64encode(event.detail.encode()).decode()
+    elif event.detail:
+        route_entity["description"] += f": {event.detail}"
     entities.append(route_entity)
     resource = FhirAuditEvent.model_validate({
         **({"id": str(event.id)} if event.id is not None else {}),
         "type": {"system": DCM, "code": code, "display": display},
+        **({"subtype": [{"system": DCM, "code": SUBTYPES[event.action][0], "display": SUBTYPES[event.action][1]}]}
+           if event.action in SUBTYPES else {}),
         "action": action,
         "recorded": event.recorded_at,
         "outcome": outcome_code(event.status),

@@ -185,9 +185,9 @@ class WebLoginRecords(Protocol):
 
     async def remove_user(self, username: str) -> bool: ...
 
-    async def note_sign_in(self, username: str, succeeded: bool, lock_after: int, lock_seconds: int) -> None:
-        """Count a failed sign-in (locking the user for ``lock_seconds`` after ``lock_after`` in a row), or
-        clear the count after a successful one."""
+    async def note_sign_in(self, username: str, succeeded: bool, lock_after: int, lock_until: int) -> None:
+        """Count a failed sign-in, in one statement (workers may race): the ``lock_after``-th in a row
+        locks the user until ``lock_until`` (epoch seconds). A successful one clears the count."""
         ...
 
     async def session(self, key_hash: str) -> WebSession | None: ...

@@ -45,9 +45,10 @@ class SignInRefused(Exception):
     """A sign-in that did not succeed. ``reason`` is for the audit trail and the log, never for the
     browser, which is told only that the user name or password is wrong (or the provider refused)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, subject: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.subject = subject  # the known user it was for, for the audit trail
 
 
 def key_hash(key: str) -> str:
@@ -132,13 +133,15 @@ class PasswordLogin:
         matches = await anyio.to_thread.run_sync(verify_secret, password, stored)
         if user is None:
             raise SignInRefused("unknown user")
+        subject = user_subject(user.username)
+        now = int(self.clock())
         if user.disabled:
-            raise SignInRefused("user disabled")
-        if user.locked_until > self.clock():
-            raise SignInRefused("user locked after repeated failures")
-        await self.records.note_sign_in(username, matches, self.policy.lock_after, self.policy.lock_s)
+            raise SignInRefused("user disabled", subject)
+        if user.locked_until > now:
+            raise SignInRefused("user locked after repeated failures", subject)
+        await self.records.note_sign_in(username, matches, self.policy.lock_after, now + self.policy.lock_s)
         if not matches:
-            raise SignInRefused("wrong password")
+            raise SignInRefused("wrong password", subject)
         principal = Principal(subject=user_subject(user.username), scopes=user.scopes, patient_ids=user.patient_ids)
         return principal, user.display_name or user.username
 

@@ -35,6 +35,7 @@ from ..auth.middleware import ACTIONS, principal_of
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+PAGE_PREFIXES = ("/ui/", "/login", "/logout", "/auth/callback")  # same-origin only: never under CORS
 R = TypeVar("R", bound=Response)
 
 

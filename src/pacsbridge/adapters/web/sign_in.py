@@ -46,6 +46,9 @@ def routes(pages: Pages, passwords: PasswordLogin | None, oidc: OidcSignIn | Non
             return pages.secured(RedirectResponse(next_page, 303))
         if oidc is not None:
             return await _to_provider(request, next_page)
+        if passwords is None:
+            return pages.message(request, 503, "Sign-in not set up", "This site signs in at its identity "
+                                 "provider, but pacsbridge is not registered there yet (auth.web.client_id).")
         return _form(request, next_page, None, 200)
 
     def _form(request: Request, next_page: str, error: str | None, status: int) -> Response:
@@ -83,12 +86,13 @@ def routes(pages: Pages, passwords: PasswordLogin | None, oidc: OidcSignIn | Non
             principal, name = await passwords.sign_in(username, fields.get("password", ""))
         except SignInRefused as exc:
             audit(request, "login", f"refused: {exc.reason}")
-            request.scope["state"]["principal"] = ANONYMOUS
+            request.scope["state"]["principal"] = Principal(subject=exc.subject) if exc.subject else ANONYMOUS
             return _form(request, next_page, "The user name or password is wrong, or the account is locked.", 401)
         return await _open(request, principal, name, None, next_page)
 
     async def _open(request: Request, principal: Principal, name: str | None, id_token: str | None,
                     next_page: str) -> Response:
+        await pages.sessions.close(request.cookies.get(pages.session_cookie))  # one session per browser
         key, _ = await pages.sessions.open(principal, name, {"id_token": id_token} if id_token else None)
         request.scope["state"]["principal"] = principal
         response = pages.secured(RedirectResponse(next_page, 303))
@@ -121,6 +125,7 @@ def routes(pages: Pages, passwords: PasswordLogin | None, oidc: OidcSignIn | Non
                                  "The identity provider's answer could not be accepted. Ask your administrator.")
         except UpstreamUnavailable as exc:
             log.warning("sign-in: the OpenID provider cannot be reached: %s", exc.message)
+            audit(request, "login", "failed: the identity provider cannot be reached")
             return pages.message(request, 503, "Sign-in unavailable", "The identity provider cannot be reached.")
         return await _open(request, principal, name, id_token, pending.data.get("next", "/ui/"))
 
