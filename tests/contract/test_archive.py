@@ -19,18 +19,6 @@ from ..support.dicom import instance, record_of, write
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'index.sqlite'}"
-    return str(request.getfixturevalue("postgres").new_database())
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture
 async def archive(db_url: str, tmp_path: Path) -> AsyncIterator[LocalArchive]:
     archive = LocalArchive.open(db_url, tmp_path / "data", fsync=False)

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import Connection, text
 
 from pacsbridge.backends.local import make_engine
 from pacsbridge.backends.sql.migrations import MIGRATIONS, current_version, migrate
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'index.sqlite'}"
-    return str(request.getfixturevalue("postgres").new_database())
 
 
 def test_fresh_database_reaches_the_newest_version_and_is_idempotent(db_url: str) -> None:
