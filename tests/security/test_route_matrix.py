@@ -24,7 +24,7 @@ from .conftest import Closed
 PUBLIC = {"/health", "/.well-known/openid-configuration", "/.well-known/oauth-authorization-server",
           "/.well-known/smart-configuration", "/oauth/jwks", "/oauth/token",
           # signing in to the HTML pages, and their stylesheet
-          "/", "/login", "/auth/callback", "/logout", "/ui/static/pacsbridge.css"}
+          "/", "/ui", "/login", "/auth/callback", "/logout", "/ui/static/pacsbridge.css"}
 
 
 def walk(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, BaseRoute]]:

@@ -67,6 +67,8 @@ def events(closed: Closed, door: str) -> list[dict[str, object]]:
 
 
 def test_a_page_sends_the_browser_to_sign_in_and_back(browser: httpx.Client) -> None:
+    for entry in ("/", "/ui"):
+        assert browser.get(entry).headers["Location"] == "/ui/"
     first = browser.get("/ui/audit", params={"door": "dicomweb"})
     assert first.status_code == 303
     next_page = unquote(first.headers["Location"].split("next=", 1)[1])

@@ -157,6 +157,7 @@ def routes(pages: Pages, passwords: PasswordLogin | None, oidc: OidcSignIn | Non
 
     return [
         PublicRoute("/", home),
+        PublicRoute("/ui", home),
         PublicRoute("/login", login_page, methods=["GET"]),
         PublicRoute("/login", login_submit, methods=["POST"]),
         PublicRoute("/auth/callback", callback),
