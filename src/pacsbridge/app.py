@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.to_thread
 import httpx
+from anyio.from_thread import BlockingPortal
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
@@ -30,6 +32,8 @@ from .adapters.auth.tokens import Introspector, JwtVerifier, LocalKeys, RemoteJw
 from .adapters.dicomweb.context import DicomwebConfig, DicomwebContext
 from .adapters.dicomweb.errors import handle_domain_error
 from .adapters.dicomweb.routes import routes as dicomweb_routes
+from .adapters.dimse.access import PeerAccess, peer_of
+from .adapters.dimse.server import DimseConfig, DimseDoor, one_listener
 from .adapters.http import AccessLog, CrossOriginResourcePolicy, cors_middleware, health
 from .adapters.web.console import routes as console_routes
 from .adapters.web.pages import PAGE_PREFIXES, Pages
@@ -147,6 +151,19 @@ def build_page_sign_in(settings: Settings, http: httpx.AsyncClient, remote: Remo
     return OidcSignIn(http, remote, client, verifier, settings.auth.algorithms, settings.auth.leeway_seconds)
 
 
+def build_dimse_door(settings: Settings, services: Services) -> DimseDoor | None:
+    """Our DIMSE SCP (``dimse.*``); None when disabled."""
+    d = settings.dimse
+    if not d.enabled:
+        return None
+    peers = [peer_of(p.ae_title, p.host, p.port, p.check_host, p.scopes, p.patient_ids) for p in d.peers]
+    config = DimseConfig(ae_title=d.ae_title, host=d.host or settings.host, port=d.port,
+                         max_associations=d.max_associations, acse_timeout_s=d.acse_timeout_seconds,
+                         dimse_timeout_s=d.dimse_timeout_seconds, network_timeout_s=d.network_timeout_seconds,
+                         max_find_results=d.max_find_results)
+    return DimseDoor(config, PeerAccess(peers, d.open_to_any_ae), services.search, services.ingest, services.audit)
+
+
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
@@ -179,19 +196,27 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
         public += issuer_routes.routes(issuer_routes.IssuerEndpoints(
             settings.resolved_issuer(), services.issuer, services.keys))
 
+    dimse = build_dimse_door(settings, services)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         log.info("pacsbridge serving DICOMweb at %s, data in %s", dw.root or "/", settings.data_dir)
         await services.keys.ensure()  # the built-in issuer's keys, and in every mode the signed URLs' keys
+        if settings.dimse.enabled and settings.dimse.open_to_any_ae:
+            log.warning("UNSAFE: any calling AE title may use the DIMSE SCP (dimse.open_to_any_ae)")
         for prefix in settings.auth.open_routes:
             log.warning("UNSAFE: %s is served without a token (auth.open_routes)", prefix or "/")
-        async with anyio.create_task_group() as tasks:
+        async with anyio.create_task_group() as tasks, BlockingPortal() as portal, contextlib.AsyncExitStack() as door:
             tasks.start_soon(services.audit.run)
+            if dimse is not None and door.enter_context(one_listener(settings.data_dir / "dimse.lock")):
+                await anyio.to_thread.run_sync(dimse.start, portal)
+                door.push_async_callback(anyio.to_thread.run_sync, dimse.stop)
             try:
                 yield
             finally:
                 tasks.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
+                    await door.aclose()  # no association is left waiting on the loop
                     await services.audit.flush()
                     await http.aclose()
                     await services.archive.close()
@@ -218,6 +243,7 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.dimse = dimse
     return app
 
 

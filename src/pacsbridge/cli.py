@@ -23,6 +23,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {"data_dir": getattr(args, "data_dir", None)}
     for name in ("host", "port", "workers"):
         overrides[name] = getattr(args, name, None)
+    dimse = {key: value for key, value in (("port", getattr(args, "dicom_port", None)),
+                                           ("ae_title", getattr(args, "ae_title", None))) if value is not None}
+    if dimse:
+        overrides["dimse"] = dimse
     return load_settings(args.config, **overrides)
 
 
@@ -36,7 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     allocator.tune()
     if args.demo:
         _import_demo(settings)
-    print(f"pacsbridge: DICOMweb at http://{settings.host}:{settings.port}{settings.dicomweb.root} "
+    dimse = settings.dimse
+    listening = (f", DIMSE {dimse.ae_title} at {dimse.host or settings.host}:{dimse.port}" if dimse.enabled else "")
+    print(f"pacsbridge: DICOMweb at http://{settings.host}:{settings.port}{settings.dicomweb.root}{listening} "
           f"(data in {settings.data_dir.resolve()}, {settings.resolved_workers()} worker(s))", file=sys.stderr)
     # access_log=False: uvicorn would log query strings (patient names); adapters/http.AccessLog doesn't.
     options: dict[str, Any] = {"host": settings.host, "port": settings.port, "proxy_headers": True,
@@ -320,6 +326,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, help="HTTP worker processes (default: one per core, at most 4)")
+    serve.add_argument("--dicom-port", type=int, help="the DIMSE SCP's port (default 11112)")
+    serve.add_argument("--ae-title", help="the DIMSE SCP's AE title (default PACSBRIDGE)")
     serve.add_argument("--demo", action="store_true", help="import a small synthetic data set on first start")
     serve.set_defaults(func=cmd_serve)
 

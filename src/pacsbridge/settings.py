@@ -58,6 +58,45 @@ class StorageSettings(BaseModel):
     fsync: bool = Field(default=True, description="fsync each stored file and its folder before indexing it.")
 
 
+class DimsePeer(BaseModel):
+    """A DICOM application entity that may call us (and, with a port, receive C-MOVE results)."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = Field(description="Its address; associations from elsewhere are refused when check_host is on.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="Its storage SCP port (C-MOVE destination).")
+    check_host: bool = Field(default=True, description="Accept this AE title only from host.")
+    scopes: list[str] = Field(
+        default_factory=lambda: ["dicomweb.read"],
+        description="What it may do, as for a token: dicomweb.read (C-FIND, C-GET, C-MOVE), dicomweb.write "
+        "(C-STORE), or SMART system/ImagingStudy.* scopes.")
+    patient_ids: list[str] | None = Field(default=None, description="Bind it to these patients (patient context).")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_shape(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "\\" in value or any(not c.isprintable() for c in value):
+            raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
+        return value
+
+
+class DimseSettings(BaseModel):
+    """The DIMSE door (PS3.7): our own SCP for modalities, viewers and PACS."""
+
+    enabled: bool = Field(default=True, description="Listen for DICOM associations.")
+    ae_title: str = Field(default="PACSBRIDGE", min_length=1, max_length=16)
+    host: str | None = Field(default=None, description="Address to listen on; default: the HTTP host.")
+    port: int = Field(default=11112, ge=0, le=65535)
+    peers: list[DimsePeer] = Field(default_factory=list, description="The AEs that may call us, with their scopes.")
+    open_to_any_ae: bool = Field(
+        default=False, description="UNSAFE: accept any calling AE title, as an all-scopes operator.")
+    max_associations: int = Field(default=16, ge=1, le=1000)
+    acse_timeout_seconds: float = Field(default=30, gt=0)
+    dimse_timeout_seconds: float = Field(default=60, gt=0)
+    network_timeout_seconds: float = Field(default=60, gt=0)
+    max_find_results: int = Field(default=10_000, ge=1, description="C-FIND answers at most this many matches.")
+
+
 class IntrospectionSettings(BaseModel):
     """RFC 7662 token introspection, for identity providers that issue opaque tokens."""
 
@@ -169,6 +208,7 @@ class Settings(BaseSettings):
     cors: CorsSettings = Field(default_factory=CorsSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    dimse: DimseSettings = Field(default_factory=DimseSettings)
 
     @classmethod
     def settings_customise_sources(

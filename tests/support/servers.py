@@ -38,11 +38,19 @@ class RunningServer:
 
         self.app = build_app(settings)
 
+    @property
+    def dimse_port(self) -> int:
+        """Where the DIMSE SCP listens (started with the app)."""
+        return int(self.app.state.dimse.port)
+
 
 @contextlib.contextmanager
 def serve(settings: Settings, port: int | None = None) -> Iterator[RunningServer]:
     """pacsbridge on loopback (a free port unless given), stopped on exit."""
     port = port or free_port()
+    if settings.dimse.enabled and "port" not in settings.dimse.model_fields_set:
+        # The default DIMSE port is one per machine; a test server takes whatever port is free.
+        settings = settings.model_copy(update={"dimse": settings.dimse.model_copy(update={"port": 0})})
     running = RunningServer(settings, port)
     config = uvicorn.Config(running.app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)

@@ -1,0 +1,241 @@
+"""Our DIMSE SCP: C-ECHO, C-STORE for every storage SOP class, C-FIND in the Patient Root and Study
+Root information models, over the same use cases as DICOMweb.
+
+See: PS3.7 §9.1 (DIMSE-C services and their statuses), PS3.4 Annex B (Storage), Annex C (Query/Retrieve);
+docs/dimse.md.
+
+Rules:
+1. pynetdicom runs each association in its own thread; the handlers hand the work to the app's event
+   loop through an anyio portal, so C-STORE goes through ``IngestService`` like STOW-RS and C-FIND
+   through ``SearchService`` like QIDO-RS, with the caller's principal (``access.py``) and its
+   patient context.
+2. Every request touching patient data is an audit event of door ``dimse`` (subject ``ae:<TITLE>``,
+   route the SOP class, status the DIMSE status).
+3. Limits: ``max_associations`` at once, ACSE/DIMSE/network timeouts; an abort or a timeout ends the
+   association's thread, and ``stop`` closes the listener and every open association.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from anyio.from_thread import BlockingPortal
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from ...domain.access import Principal
+from ...domain.audit import AccessNote, AuditEvent
+from ...domain.clock import utc_stamp
+from ...domain.errors import InvalidInput, PacsbridgeError
+from ...domain.model import Origin
+from ...domain.scopes import DICOMWEB_SEARCH, DICOMWEB_WRITE
+from ...domain.store import FailureReason, StoreResult
+from ...formats.dimse_query import find_query, find_response, patients
+from ...services import audit
+from ...services.ingest import IngestService
+from ...services.ports import AuditTrail
+from ...services.search import SearchService
+from .access import PeerAccess
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SUCCESS, PENDING, CANCEL = 0x0000, 0xFF00, 0xFE00
+NOT_AUTHORIZED = 0x0124  # "Refused: Not Authorized" (PS3.4 B.2.3), for every refused request
+OUT_OF_RESOURCES = 0xA700
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+FIND_MODELS = {
+    PatientRootQueryRetrieveInformationModelFind: "Patient Root",
+    StudyRootQueryRetrieveInformationModelFind: "Study Root",
+}
+
+
+@dataclass(frozen=True)
+class DimseConfig:
+    ae_title: str
+    host: str
+    port: int
+    max_associations: int = 16
+    acse_timeout_s: float = 30
+    dimse_timeout_s: float = 60
+    network_timeout_s: float = 60
+    max_find_results: int = 10_000
+
+
+class DimseDoor:
+    """The SCP; ``start`` it with a portal into the app's event loop, ``stop`` it at shutdown."""
+
+    def __init__(self, config: DimseConfig, access: PeerAccess, search: SearchService, ingest: IngestService,
+                 trail: AuditTrail) -> None:
+        self.config = config
+        self.access = access
+        self.search = search
+        self.ingest = ingest
+        self.trail = trail
+        self.portal: BlockingPortal | None = None
+        self.server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the configured one, or the one the system chose for port 0)."""
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def start(self, portal: BlockingPortal) -> None:
+        self.portal = portal
+        ae = AE(ae_title=self.config.ae_title)
+        ae.maximum_associations = self.config.max_associations
+        ae.acse_timeout = self.config.acse_timeout_s
+        ae.dimse_timeout = self.config.dimse_timeout_s
+        ae.network_timeout = self.config.network_timeout_s
+        ae.require_called_aet = True
+        if not self.access.open_to_any_ae:
+            # pynetdicom accepts everyone when the list is empty; with no peers, a title nobody uses.
+            ae.require_calling_aet = sorted(self.access.peers) or [secrets.token_hex(8).upper()]
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for model in FIND_MODELS:
+            ae.add_supported_context(model)
+        handlers = [(evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find)]
+        self.server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        log.info("DIMSE SCP %s listening on %s:%d", self.config.ae_title, self.config.host, self.port)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    # --- handlers (called in pynetdicom's association threads) ------------------------------------
+
+    def _call(self, work: Callable[[], Awaitable[T]]) -> T:
+        assert self.portal is not None
+        return self.portal.call(work)
+
+    def _principal(self, event: Any) -> Principal | None:
+        requestor = event.assoc.requestor
+        return self.access.principal(str(requestor.ae_title), str(requestor.address))
+
+    def _record(self, event: Any, principal: Principal | None, action: str, command: str, route: str,
+                status: int, note: AccessNote | None = None) -> None:
+        requestor = event.assoc.requestor
+        self.trail.record(AuditEvent(
+            recorded_at=utc_stamp(), subject=principal.subject if principal else f"ae:{requestor.ae_title}",
+            client_id=str(requestor.ae_title), door="dimse", action=action, method=command, route=route,
+            status=status, patient_ids=tuple(sorted(note.patient_ids)) if note else (),
+            study_uids=tuple(sorted(note.study_uids)) if note else (), remote=str(requestor.address),
+        ))
+
+    def _echo(self, event: Any) -> int:
+        return SUCCESS
+
+    def _store(self, event: Any) -> Dataset | int:
+        principal = self._principal(event)
+        sop_class = str(event.request.AffectedSOPClassUID)
+        if principal is None or not principal.allows(DICOMWEB_WRITE):
+            self._record(event, principal, "create", "C-STORE", sop_class, NOT_AUTHORIZED)
+            return _status(NOT_AUTHORIZED, "this AE may not store here")
+        data = event.encoded_dataset(include_meta=True)
+        staged, fp = self.ingest.new_spool_file()
+        with fp:
+            fp.write(data)
+            self.ingest.seal(fp)
+        requestor = event.assoc.requestor
+        origin = Origin("c-store", str(requestor.address), principal.subject)
+
+        async def store() -> tuple[StoreResult, AccessNote]:
+            with audit.noting() as note:
+                return await self.ingest.store_file(staged, origin), note
+
+        try:
+            result, note = self._call(store)
+        except Exception:  # the archive failed: the SCU may retry
+            log.exception("C-STORE could not be stored")
+            self._record(event, principal, "create", "C-STORE", sop_class, OUT_OF_RESOURCES)
+            return _status(OUT_OF_RESOURCES, "the archive could not store the instance")
+        status = int(result.failure) if result.failure else int(result.warning) if result.warning else SUCCESS
+        self._record(event, principal, "create", "C-STORE", sop_class, status, note)
+        if result.failure == FailureReason.PROCESSING_FAILURE and not result.reason:
+            return _status(UNABLE_TO_PROCESS, "the instance could not be processed")
+        return _status(status, result.reason) if status != SUCCESS else SUCCESS
+
+    def _find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        principal = self._principal(event)
+        model = FIND_MODELS.get(str(event.request.AffectedSOPClassUID), "C-FIND")
+        if principal is None or not principal.allows(DICOMWEB_SEARCH):
+            self._record(event, principal, "search", "C-FIND", model, NOT_AUTHORIZED)
+            yield _status(NOT_AUTHORIZED, "this AE may not query here"), None
+            return
+        try:
+            level, query, requested = find_query(event.identifier)
+        except (InvalidInput, ValueError) as exc:
+            message = exc.message if isinstance(exc, InvalidInput) else "the identifier cannot be read"
+            self._record(event, principal, "search", "C-FIND", model, IDENTIFIER_DOES_NOT_MATCH)
+            yield _status(IDENTIFIER_DOES_NOT_MATCH, message), None
+            return
+        cap = self.config.max_find_results
+
+        async def run() -> tuple[list[dict[str, Any]], AccessNote]:
+            with audit.noting() as note:
+                page = await self.search.search(replace(query, limit=cap + 1), principal)
+                return page.results, note
+
+        try:
+            results, note = self._call(run)
+        except PacsbridgeError as exc:
+            self._record(event, principal, "search", "C-FIND", model, UNABLE_TO_PROCESS)
+            yield _status(UNABLE_TO_PROCESS, exc.message), None
+            return
+        if level == "PATIENT":
+            results = patients(results)
+        too_many = len(results) > cap
+        for result in results[:cap]:
+            if event.is_cancelled:
+                self._record(event, principal, "search", "C-FIND", model, CANCEL, note)
+                yield CANCEL, None
+                return
+            yield PENDING, find_response(result, requested, level, self.config.ae_title)
+        if too_many:
+            self._record(event, principal, "search", "C-FIND", model, OUT_OF_RESOURCES, note)
+            yield _status(OUT_OF_RESOURCES, f"more than {cap} matches: narrow the query"), None
+            return
+        self._record(event, principal, "search", "C-FIND", model, SUCCESS, note)
+        yield SUCCESS, None
+
+
+@contextlib.contextmanager
+def one_listener(lock_path: Path) -> Iterator[bool]:
+    """True in the one process (of several HTTP workers) that serves DIMSE: whoever holds the lock."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]
+    return ds
