@@ -161,7 +161,8 @@ def build_dimse_door(settings: Settings, services: Services) -> DimseDoor | None
                          max_associations=d.max_associations, acse_timeout_s=d.acse_timeout_seconds,
                          dimse_timeout_s=d.dimse_timeout_seconds, network_timeout_s=d.network_timeout_seconds,
                          max_find_results=d.max_find_results)
-    return DimseDoor(config, PeerAccess(peers, d.open_to_any_ae), services.search, services.ingest, services.audit)
+    return DimseDoor(config, PeerAccess(peers, d.open_to_any_ae), services.search, services.ingest, services.retrieve,
+                     services.audit)
 
 
 def _origin(url: str) -> str:

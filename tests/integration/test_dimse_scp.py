@@ -1,5 +1,6 @@
-"""pacsbridge's DIMSE SCP with DCMTK as the caller: C-ECHO, C-STORE (storescu), C-FIND (findscu) in
-the Study Root and Patient Root models, AE access with scopes and patient context, and the audit trail.
+"""pacsbridge's DIMSE SCP with DCMTK as the caller: C-ECHO, C-STORE (storescu), C-FIND (findscu),
+C-GET (getscu) and C-MOVE (movescu to a storescp) in the Study Root and Patient Root models, AE access
+with scopes and patient context, and the audit trail.
 
 The peers are configured as an operator would (``dimse.peers``); DCMTK runs with TCP_NODELAY=1.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +22,12 @@ from pydicom.uid import generate_uid
 from pacsbridge.settings import Settings
 
 from ..support.dicom import instance, write
-from ..support.servers import RunningServer, serve
+from ..support.servers import RunningServer, free_port, serve
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
+STORESCP_PORT = free_port()
 PEERS = [
+    {"ae_title": "STORESCP", "host": "127.0.0.1", "port": STORESCP_PORT},  # a C-MOVE destination
     {"ae_title": "FINDSCU", "host": "127.0.0.1", "scopes": ["dicomweb.read"]},
     {"ae_title": "STORESCU", "host": "127.0.0.1", "scopes": ["dicomweb.read", "dicomweb.write"]},
     {"ae_title": "READER", "host": "127.0.0.1", "scopes": ["dicomweb.read"]},
@@ -157,3 +161,63 @@ def test_without_configured_peers_nobody_may_associate(tmp_path: Path) -> None:
         refused = dcmtk("echoscu", "-aet", "ANYONE", "-aec", "PACSBRIDGE", "127.0.0.1", str(server.dimse_port),
                         check=False)
     assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+
+
+def received(folder: Path) -> set[str]:
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in folder.iterdir() if p.is_file()}
+
+
+def study_sops(stack: Stack, pid: str) -> set[str]:
+    return set(stack.sop_uids[:3] if pid == "PAT-A" else stack.sop_uids[3:])
+
+
+def test_getscu_retrieves_a_study_over_its_own_association(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "got"
+    out.mkdir()
+    dcmtk("getscu", "-S", "-aet", "FINDSCU", "-aec", "PACSBRIDGE", "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+          "-k", f"StudyInstanceUID={stack.studies['PAT-B']}", "127.0.0.1", str(stack.port))
+    assert received(out) == study_sops(stack, "PAT-B")
+
+
+def test_getscu_by_patient_in_the_patient_root_model(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "got"
+    out.mkdir()
+    dcmtk("getscu", "-P", "-aet", "FINDSCU", "-aec", "PACSBRIDGE", "-od", str(out), "-k",
+          "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PAT-A", "127.0.0.1", str(stack.port))
+    assert received(out) == study_sops(stack, "PAT-A")
+
+
+def test_a_patient_bound_ae_retrieves_nothing_of_another_patient(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "got"
+    out.mkdir()
+    dcmtk("getscu", "-S", "-aet", "WARD7", "-aec", "PACSBRIDGE", "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+          "-k", f"StudyInstanceUID={stack.studies['PAT-A']}", "127.0.0.1", str(stack.port), check=False)
+    assert received(out) == set()
+
+
+def test_movescu_sends_a_series_to_a_configured_destination(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "moved"
+    out.mkdir()
+    scp = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out), str(STORESCP_PORT)], env=ENV,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while dcmtk("echoscu", "-aet", "PROBE", "-aec", "STORESCP", "127.0.0.1", str(STORESCP_PORT),
+                    check=False).returncode != 0:
+            assert scp.poll() is None and time.monotonic() < deadline, "storescp did not start"
+            time.sleep(0.1)
+        series = find(stack, tmp_path / "f", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={stack.studies['PAT-A']}",
+                      "SeriesInstanceUID")
+        assert len(series) == 1
+        dcmtk("movescu", "-S", "-aet", "FINDSCU", "-aem", "STORESCP", "-aec", "PACSBRIDGE",
+              "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={stack.studies['PAT-A']}",
+              "-k", f"SeriesInstanceUID={series[0].SeriesInstanceUID}", "127.0.0.1", str(stack.port))
+        unknown = dcmtk("movescu", "-v", "-S", "-aet", "FINDSCU", "-aem", "NOWHERE", "-aec", "PACSBRIDGE",
+                        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={stack.studies['PAT-A']}",
+                        "127.0.0.1", str(stack.port), check=False)
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+    assert received(out) == study_sops(stack, "PAT-A")
+    assert "MoveDestinationUnknown" in unknown.stdout + unknown.stderr or "0xa801" in (
+        unknown.stdout + unknown.stderr).lower(), unknown.stdout + unknown.stderr

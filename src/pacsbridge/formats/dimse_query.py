@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from ..domain.errors import InvalidInput
-from ..domain.model import DicomJson, Level
+from ..domain.model import DicomJson, Level, Scope
 from ..domain.query import Query
 from .dicom_json import json_to_dataset
 from .qido import parse_qido
@@ -111,3 +111,32 @@ def _vr(tag: int) -> str:
         return str(dictionary_VR(tag)).split(" or ")[0]
     except KeyError:
         return "UN"
+
+
+def retrieve_scopes(identifier: Dataset) -> tuple[str, list[Scope], str | None]:
+    """What a C-GET or C-MOVE identifier asks for: its level, the studies, series or instances, and at
+    the PATIENT level the PatientID (no scopes: the caller finds the patient's studies). See PS3.4
+    C.4.2.1.4, C.4.3.1.3: unique keys only, UID lists allowed at the requested level."""
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+
+    def uids(keyword: str, many: bool) -> list[str]:
+        value = identifier.get(keyword)
+        values = [str(v).strip() for v in (value if isinstance(value, MultiValue | list) else [value]) if v]
+        if not values or (len(values) > 1 and not many):
+            raise InvalidInput(f"a {level} retrieve needs {'' if many else 'one '}{keyword}")
+        return values
+
+    if level == "PATIENT":
+        patient = str(identifier.get("PatientID", "") or "").strip()
+        if not patient:
+            raise InvalidInput("a PATIENT retrieve needs PatientID")
+        return level, [], patient
+    if level == "STUDY":
+        return level, [Scope(study) for study in uids("StudyInstanceUID", True)], None
+    if level == "SERIES":
+        study = uids("StudyInstanceUID", False)[0]
+        return level, [Scope(study, series) for series in uids("SeriesInstanceUID", True)], None
+    if level == "IMAGE":
+        study, series = uids("StudyInstanceUID", False)[0], uids("SeriesInstanceUID", False)[0]
+        return level, [Scope(study, series, sop) for sop in uids("SOPInstanceUID", True)], None
+    raise InvalidInput("QueryRetrieveLevel must be PATIENT, STUDY, SERIES or IMAGE")

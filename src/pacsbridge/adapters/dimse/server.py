@@ -1,5 +1,5 @@
-"""Our DIMSE SCP: C-ECHO, C-STORE for every storage SOP class, C-FIND in the Patient Root and Study
-Root information models, over the same use cases as DICOMweb.
+"""Our DIMSE SCP: C-ECHO, C-STORE for every storage SOP class, C-FIND, C-GET and C-MOVE in the Patient
+Root and Study Root information models, over the same use cases as DICOMweb.
 
 See: PS3.7 §9.1 (DIMSE-C services and their statuses), PS3.4 Annex B (Storage), Annex C (Query/Retrieve);
 docs/dimse.md.
@@ -28,11 +28,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal
+from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
@@ -40,14 +47,15 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ...domain.access import Principal
 from ...domain.audit import AccessNote, AuditEvent
 from ...domain.clock import utc_stamp
-from ...domain.errors import InvalidInput, PacsbridgeError
-from ...domain.model import Origin
-from ...domain.scopes import DICOMWEB_SEARCH, DICOMWEB_WRITE
+from ...domain.errors import InvalidInput, NotFound, PacsbridgeError
+from ...domain.model import Origin, Scope, StoredInstance
+from ...domain.scopes import DICOMWEB_READ, DICOMWEB_SEARCH, DICOMWEB_WRITE
 from ...domain.store import FailureReason, StoreResult
-from ...formats.dimse_query import find_query, find_response, patients
+from ...formats.dimse_query import find_query, find_response, patients, retrieve_scopes
 from ...services import audit
 from ...services.ingest import IngestService
 from ...services.ports import AuditTrail
+from ...services.retrieve import RetrieveService
 from ...services.search import SearchService
 from .access import PeerAccess
 
@@ -63,6 +71,13 @@ FIND_MODELS = {
     PatientRootQueryRetrieveInformationModelFind: "Patient Root",
     StudyRootQueryRetrieveInformationModelFind: "Study Root",
 }
+RETRIEVE_MODELS = {
+    PatientRootQueryRetrieveInformationModelGet: "Patient Root",
+    StudyRootQueryRetrieveInformationModelGet: "Study Root",
+    PatientRootQueryRetrieveInformationModelMove: "Patient Root",
+    StudyRootQueryRetrieveInformationModelMove: "Study Root",
+}
+MOVE_DESTINATION_UNKNOWN = 0xA801
 
 
 @dataclass(frozen=True)
@@ -81,10 +96,11 @@ class DimseDoor:
     """The SCP; ``start`` it with a portal into the app's event loop, ``stop`` it at shutdown."""
 
     def __init__(self, config: DimseConfig, access: PeerAccess, search: SearchService, ingest: IngestService,
-                 trail: AuditTrail) -> None:
+                 retrieve: RetrieveService, trail: AuditTrail) -> None:
         self.config = config
         self.access = access
         self.search = search
+        self.retrieve = retrieve
         self.ingest = ingest
         self.trail = trail
         self.portal: BlockingPortal | None = None
@@ -109,10 +125,12 @@ class DimseDoor:
             ae.require_calling_aet = sorted(self.access.peers) or [secrets.token_hex(8).upper()]
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        for model in FIND_MODELS:
+            # Either role: we receive C-STORE, and send C-STORE back on a C-GET's own association.
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        for model in (*FIND_MODELS, *RETRIEVE_MODELS):
             ae.add_supported_context(model)
-        handlers = [(evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find)]
+        handlers = [(evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find),
+                    (evt.EVT_C_GET, self._get), (evt.EVT_C_MOVE, self._move)]
         self.server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
         log.info("DIMSE SCP %s listening on %s:%d", self.config.ae_title, self.config.host, self.port)
 
@@ -216,6 +234,101 @@ class DimseDoor:
             return
         self._record(event, principal, "search", "C-FIND", model, SUCCESS, note)
         yield SUCCESS, None
+
+
+    # --- C-GET and C-MOVE ---------------------------------------------------------------------------
+
+    def _get(self, event: Any) -> Iterator[Any]:
+        yield from self._retrieve(event, "C-GET", None)
+
+    def _move(self, event: Any) -> Iterator[Any]:
+        yield from self._retrieve(event, "C-MOVE", str(event.move_destination).strip())
+
+    def _retrieve(self, event: Any, command: str, destination: str | None) -> Iterator[Any]:
+        """pynetdicom's C-GET/C-MOVE protocol: (for a move, the destination's address first), the number
+        of sub-operations, then (status, dataset) per instance; it sends them and counts the outcomes."""
+        principal = self._principal(event)
+        model = RETRIEVE_MODELS.get(str(event.request.AffectedSOPClassUID), command)
+        found = self._locate(event, principal)
+        if destination is not None:
+            peer = self.access.destination(destination)
+            if peer is None:
+                self._record(event, principal, "read", command, model, MOVE_DESTINATION_UNKNOWN)
+                yield None, None  # pynetdicom answers A801 Move Destination Unknown
+                return
+            instances = found[0] if isinstance(found, tuple) else []
+            yield peer.host, peer.port, {"contexts": _contexts_for(instances)}
+        if not isinstance(found, tuple):
+            code, comment = found
+            self._record(event, principal, "read", command, model, code)
+            yield 1  # pynetdicom's way to a final failure status: one announced sub-operation, then the status
+            yield _status(code, comment), None
+            return
+        instances, note = found
+        yield len(instances)
+        for stored in instances:
+            if event.is_cancelled:
+                self._record(event, principal, "read", command, model, CANCEL, note)
+                yield CANCEL, None
+                return
+            try:
+                ds = dcmread(stored.path)
+            except Exception:  # a stored file that no longer reads: count it as a failed sub-operation
+                log.warning("%s: a stored instance cannot be read", command)
+                yield _status(UNABLE_TO_PROCESS, "a stored instance cannot be read"), None
+                continue
+            yield PENDING, ds
+        self._record(event, principal, "read", command, model, SUCCESS, note)
+
+    def _locate(self, event: Any, principal: Principal | None
+                ) -> tuple[list[StoredInstance], AccessNote] | tuple[int, str]:
+        """The instances a retrieve asks for and the caller may have, or the (status, comment) refusing it."""
+        if principal is None or not principal.allows(DICOMWEB_READ):
+            return NOT_AUTHORIZED, "this AE may not retrieve here"
+        try:
+            _level, scopes, patient = retrieve_scopes(event.identifier)
+        except (InvalidInput, ValueError) as exc:
+            return IDENTIFIER_DOES_NOT_MATCH, exc.message if isinstance(exc, InvalidInput) else "unreadable identifier"
+
+        async def locate() -> tuple[list[StoredInstance], AccessNote]:
+            with audit.noting() as note:
+                targets = scopes
+                if patient is not None:
+                    query = find_query(_patient_studies(patient))[1]
+                    page = await self.search.search(query, principal)
+                    targets = [Scope(str(r["0020000D"]["Value"][0])) for r in page.results if "0020000D" in r]
+                found: list[StoredInstance] = []
+                for scope in targets:
+                    try:
+                        found += await self.retrieve.instances(scope, principal)
+                    except NotFound:
+                        continue
+                return found, note
+
+        try:
+            return self._call(locate)
+        except PacsbridgeError as exc:
+            return UNABLE_TO_PROCESS, exc.message
+
+
+def _contexts_for(instances: list[StoredInstance]) -> list[PresentationContext]:
+    """What a C-MOVE's association to the destination proposes: each SOP class sent, in its stored
+    transfer syntax and the two uncompressed ones (at most 128 contexts, PS3.8 §9.3.2.2)."""
+    wanted: dict[str, list[str]] = {}
+    for stored in instances:
+        syntaxes = wanted.setdefault(stored.sop_class_uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        if stored.transfer_syntax not in syntaxes:
+            syntaxes.insert(0, stored.transfer_syntax)
+    contexts = [build_context(sop_class, syntaxes) for sop_class, syntaxes in list(wanted.items())[:128]]
+    return contexts or [build_context(Verification)]
+
+
+def _patient_studies(patient_id: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = patient_id
+    ds.StudyInstanceUID = ""
+    return ds
 
 
 @contextlib.contextmanager
