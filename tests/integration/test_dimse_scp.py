@@ -31,6 +31,7 @@ PEERS = [
     {"ae_title": "FINDSCU", "host": "127.0.0.1", "scopes": ["dicomweb.read"]},
     {"ae_title": "STORESCU", "host": "127.0.0.1", "scopes": ["dicomweb.read", "dicomweb.write"]},
     {"ae_title": "READER", "host": "127.0.0.1", "scopes": ["dicomweb.read"]},
+    {"ae_title": "MODALITY", "host": "127.0.0.1", "scopes": ["dicomweb.write"]},  # stores, may not read
     {"ae_title": "WARD7", "host": "127.0.0.1", "scopes": ["dicomweb.read"], "patient_ids": ["PAT-B"]},
     {"ae_title": "FARAWAY", "host": "192.0.2.7", "scopes": ["dicomweb.read"]},  # TEST-NET: never us
 ]
@@ -221,3 +222,27 @@ def test_movescu_sends_a_series_to_a_configured_destination(stack: Stack, tmp_pa
     assert received(out) == study_sops(stack, "PAT-A")
     assert "MoveDestinationUnknown" in unknown.stdout + unknown.stderr or "0xa801" in (
         unknown.stdout + unknown.stderr).lower(), unknown.stdout + unknown.stderr
+
+
+def test_refused_and_malformed_retrieves_get_a_failure_status(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "got"
+    out.mkdir()
+    refused = dcmtk("getscu", "-v", "-S", "-aet", "MODALITY", "-aec", "PACSBRIDGE", "-od", str(out),
+                    "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={stack.studies['PAT-A']}",
+                    "127.0.0.1", str(stack.port), check=False)
+    assert "0x0124" in refused.stdout + refused.stderr or "Status: 0x124" in refused.stdout + refused.stderr, (
+        refused.stdout + refused.stderr)
+    malformed = dcmtk("getscu", "-v", "-S", "-aet", "FINDSCU", "-aec", "PACSBRIDGE", "-od", str(out),
+                      "-k", "QueryRetrieveLevel=SERIES", "127.0.0.1", str(stack.port), check=False)
+    assert "a900" in (malformed.stdout + malformed.stderr).lower() or "DataSetDoesNotMatchSOPClass" in (
+        malformed.stdout + malformed.stderr), malformed.stdout + malformed.stderr
+    assert received(out) == set()
+
+
+def test_a_patient_retrieve_takes_the_patient_id_as_a_value_not_a_pattern(stack: Stack, tmp_path: Path) -> None:
+    """PatientID is the unique key of a PATIENT retrieve (PS3.4 C.4.2.1.4): ``*`` names no patient."""
+    out = tmp_path / "got"
+    out.mkdir()
+    dcmtk("getscu", "-P", "-aet", "FINDSCU", "-aec", "PACSBRIDGE", "-od", str(out), "-k",
+          "QueryRetrieveLevel=PATIENT", "-k", "PatientID=PAT-*", "127.0.0.1", str(stack.port), check=False)
+    assert received(out) == set()

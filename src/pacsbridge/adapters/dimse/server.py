@@ -25,7 +25,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from anyio.from_thread import BlockingPortal
 from pydicom import dcmread
@@ -48,7 +48,8 @@ from ...domain.access import Principal
 from ...domain.audit import AccessNote, AuditEvent
 from ...domain.clock import utc_stamp
 from ...domain.errors import InvalidInput, NotFound, PacsbridgeError
-from ...domain.model import Origin, Scope, StoredInstance
+from ...domain.model import Level, Origin, Scope, StoredInstance
+from ...domain.query import Match, MatchKind, Query
 from ...domain.scopes import DICOMWEB_READ, DICOMWEB_SEARCH, DICOMWEB_WRITE
 from ...domain.store import FailureReason, StoreResult
 from ...formats.dimse_query import find_query, find_response, patients, retrieve_scopes
@@ -56,7 +57,7 @@ from ...services import audit
 from ...services.ingest import IngestService
 from ...services.ports import AuditTrail
 from ...services.retrieve import RetrieveService
-from ...services.search import SearchService
+from ...services.search import PATIENT_ID, SearchService
 from .access import PeerAccess
 
 log = logging.getLogger(__name__)
@@ -249,20 +250,20 @@ class DimseDoor:
         of sub-operations, then (status, dataset) per instance; it sends them and counts the outcomes."""
         principal = self._principal(event)
         model = RETRIEVE_MODELS.get(str(event.request.AffectedSOPClassUID), command)
-        found = self._locate(event, principal)
+        peer = None
         if destination is not None:
             peer = self.access.destination(destination)
-            if peer is None:
+            if peer is None:  # known before any lookup: nothing to find for nobody
                 self._record(event, principal, "read", command, model, MOVE_DESTINATION_UNKNOWN)
                 yield None, None  # pynetdicom answers A801 Move Destination Unknown
                 return
-            instances = found[0] if isinstance(found, tuple) else []
-            yield peer.host, peer.port, {"contexts": _contexts_for(instances)}
-        if not isinstance(found, tuple):
-            code, comment = found
-            self._record(event, principal, "read", command, model, code)
+        found = self._locate(event, principal)
+        if peer is not None:
+            yield peer.host, peer.port, {"contexts": _contexts_for(found.instances if isinstance(found, Found) else [])}
+        if isinstance(found, Refusal):
+            self._record(event, principal, "read", command, model, found.status)
             yield 1  # pynetdicom's way to a final failure status: one announced sub-operation, then the status
-            yield _status(code, comment), None
+            yield _status(found.status, found.comment), None
             return
         instances, note = found
         yield len(instances)
@@ -280,21 +281,21 @@ class DimseDoor:
             yield PENDING, ds
         self._record(event, principal, "read", command, model, SUCCESS, note)
 
-    def _locate(self, event: Any, principal: Principal | None
-                ) -> tuple[list[StoredInstance], AccessNote] | tuple[int, str]:
-        """The instances a retrieve asks for and the caller may have, or the (status, comment) refusing it."""
+    def _locate(self, event: Any, principal: Principal | None) -> Found | Refusal:
+        """The instances a retrieve asks for and the caller may have, or why it is refused."""
         if principal is None or not principal.allows(DICOMWEB_READ):
-            return NOT_AUTHORIZED, "this AE may not retrieve here"
+            return Refusal(NOT_AUTHORIZED, "this AE may not retrieve here")
         try:
             _level, scopes, patient = retrieve_scopes(event.identifier)
         except (InvalidInput, ValueError) as exc:
-            return IDENTIFIER_DOES_NOT_MATCH, exc.message if isinstance(exc, InvalidInput) else "unreadable identifier"
+            return Refusal(IDENTIFIER_DOES_NOT_MATCH,
+                           exc.message if isinstance(exc, InvalidInput) else "unreadable identifier")
 
-        async def locate() -> tuple[list[StoredInstance], AccessNote]:
+        async def locate() -> Found:
             with audit.noting() as note:
                 targets = scopes
-                if patient is not None:
-                    query = find_query(_patient_studies(patient))[1]
+                if patient is not None:  # the unique key's value, never a pattern
+                    query = Query(Level.STUDY, (Match(PATIENT_ID, "LO", MatchKind.SINGLE, value=patient),))
                     page = await self.search.search(query, principal)
                     targets = [Scope(str(r["0020000D"]["Value"][0])) for r in page.results if "0020000D" in r]
                 found: list[StoredInstance] = []
@@ -303,12 +304,22 @@ class DimseDoor:
                         found += await self.retrieve.instances(scope, principal)
                     except NotFound:
                         continue
-                return found, note
+                return Found(found, note)
 
         try:
             return self._call(locate)
         except PacsbridgeError as exc:
-            return UNABLE_TO_PROCESS, exc.message
+            return Refusal(UNABLE_TO_PROCESS, exc.message)
+
+
+class Found(NamedTuple):
+    instances: list[StoredInstance]
+    note: AccessNote
+
+
+class Refusal(NamedTuple):
+    status: int
+    comment: str
 
 
 def _contexts_for(instances: list[StoredInstance]) -> list[PresentationContext]:
@@ -321,14 +332,6 @@ def _contexts_for(instances: list[StoredInstance]) -> list[PresentationContext]:
             syntaxes.insert(0, stored.transfer_syntax)
     contexts = [build_context(sop_class, syntaxes) for sop_class, syntaxes in list(wanted.items())[:128]]
     return contexts or [build_context(Verification)]
-
-
-def _patient_studies(patient_id: str) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = "STUDY"
-    ds.PatientID = patient_id
-    ds.StudyInstanceUID = ""
-    return ds
 
 
 @contextlib.contextmanager
