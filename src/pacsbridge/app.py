@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import anyio
@@ -32,31 +32,57 @@ from .adapters.auth.tokens import Introspector, JwtVerifier, LocalKeys, RemoteJw
 from .adapters.dicomweb.context import DicomwebConfig, DicomwebContext
 from .adapters.dicomweb.errors import handle_domain_error
 from .adapters.dicomweb.routes import routes as dicomweb_routes
-from .adapters.dimse.access import PeerAccess, peer_of
-from .adapters.dimse.server import DimseConfig, DimseDoor, one_listener
+from .adapters.dimse.access import PeerAccess, Supplier, peer_of
+from .adapters.dimse.server import DimseConfig, DimseDoor, Route, one_listener
 from .adapters.http import AccessLog, CrossOriginResourcePolicy, cors_middleware, health
 from .adapters.web.console import routes as console_routes
 from .adapters.web.pages import PAGE_PREFIXES, Pages
 from .adapters.web.sign_in import routes as sign_in_routes
 from .backends.audit import SqlAuditTrail
+from .backends.blobs import BlobStore
 from .backends.local import LocalArchive
 from .backends.records import SqlSecurityRecords
+from .backends.upstream.cache import CachePolicy, InstanceCache
+from .backends.upstream.dicomweb import ClientCredentials, DicomwebRemote, DicomwebUpstream
+from .backends.upstream.proxy import ProxyArchive
+from .backends.upstream.remote import Capabilities, Remote
 from .backends.web_login import SqlWebLoginRecords
 from .domain.errors import PacsbridgeError
 from .services.ingest import IngestOptions, IngestService
 from .services.issuer import KeyRing, TokenIssuer
-from .services.ports import ClientRecord
+from .services.ports import Archive, ClientRecord
 from .services.retrieve import RetrieveService
 from .services.search import SearchService
 from .services.web_login import PasswordLogin, SessionBook, SessionPolicy
-from .settings import Settings
+from .settings import Settings, UpstreamSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
+class Images:
+    """The image use cases over one archive (the embedded one or an upstream)."""
+
+    archive: Archive
+    ingest: IngestService
+    search: SearchService
+    retrieve: RetrieveService
+
+
+@dataclass
+class Upstream:
+    """One upstream: its use cases, its cache (which its C-MOVE results go into), its settings."""
+
+    settings: UpstreamSettings
+    images: Images
+    cache: InstanceCache
+    delivery: IngestService
+
+
+@dataclass
 class Services:
-    """The use cases, as every door sees them."""
+    """The use cases, as every door sees them. ``archive`` is the embedded one (it also holds our records);
+    ``ingest``/``search``/``retrieve`` serve whichever archive ``settings.archive`` names."""
 
     archive: LocalArchive
     ingest: IngestService
@@ -68,6 +94,58 @@ class Services:
     audit: SqlAuditTrail
     sessions: SessionBook
     passwords: PasswordLogin
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        for upstream in self.upstreams.values():
+            await upstream.images.archive.close()
+        await self.archive.close()
+
+
+def images_over(archive: Archive, spool: BlobStore, bulk_threshold: int) -> Images:
+    return Images(archive, IngestService(archive, spool, IngestOptions(bulk_threshold)), SearchService(archive),
+                  RetrieveService(archive, scratch_dir=spool.spool_dir))
+
+
+def build_remote(u: UpstreamSettings, settings: Settings) -> Remote:
+    """The protocol side of one upstream."""
+    caps = Capabilities(includefield=u.includefield, fuzzy_matching=u.fuzzy_matching)
+    if u.kind == "dicomweb":
+        assert u.url is not None
+        a = u.auth
+        secret = (lambda v: v.get_secret_value() if v is not None else "")  # noqa: E731
+        credentials = None
+        if a.type == "client_credentials":
+            if not (a.token_url and a.client_id and a.client_secret):
+                raise ValueError(f"upstream {u.name}: client_credentials needs token_url, client_id, client_secret")
+            credentials = ClientCredentials(a.token_url, a.client_id, secret(a.client_secret), a.scope, a.audience)
+        if a.type == "basic" and not a.username:
+            raise ValueError(f"upstream {u.name}: basic auth needs username and password")
+        if a.type == "bearer" and a.token is None:
+            raise ValueError(f"upstream {u.name}: bearer auth needs token")
+        return DicomwebRemote(u.name, DicomwebUpstream(
+            url=u.url, timeout_s=u.timeout_seconds, connect_timeout_s=u.connect_timeout_seconds,
+            max_connections=u.max_connections, capabilities=caps,
+            basic=(a.username or "", secret(a.password)) if a.type == "basic" else None,
+            bearer=secret(a.token) if a.type == "bearer" else None, client_credentials=credentials))
+    from .backends.upstream.dimse import DimseRemote, DimseUpstream
+
+    assert u.ae_title and u.host and u.port
+    return DimseRemote(u.name, DimseUpstream(
+        ae_title=u.ae_title, host=u.host, port=u.port,
+        calling_ae_title=u.calling_ae_title or settings.dimse.ae_title, retrieve=u.retrieve,
+        move_destination=u.calling_ae_title or settings.dimse.ae_title, timeout_s=u.timeout_seconds,
+        max_associations=u.max_connections, capabilities=caps))
+
+
+def build_upstream(u: UpstreamSettings, settings: Settings) -> Upstream:
+    cache = InstanceCache.open(settings.data_dir.resolve() / "cache" / u.name,
+                               CachePolicy(u.cache.max_bytes, u.cache.fresh_seconds))
+    archive = ProxyArchive(build_remote(u, settings), cache)
+    blobs = cache.local.blobs
+    threshold = settings.dicomweb.bulk_threshold
+    return Upstream(u, images_over(archive, blobs, threshold), cache,
+                    IngestService(cache.local, blobs, IngestOptions(threshold)))
 
 
 def build_services(settings: Settings) -> Services:
@@ -84,11 +162,15 @@ def build_services(settings: Settings) -> Services:
                      secret_hash=c.secret_hash.get_secret_value() if c.secret_hash else None, jwks=c.jwks)
         for c in auth.clients
     ]
+    upstreams = {u.name: build_upstream(u, settings) for u in settings.upstreams}
+    main = (images_over(archive, archive.blobs, settings.dicomweb.bulk_threshold) if settings.archive == "local"
+            else upstreams[settings.archive].images)
     return Services(
         archive=archive,
-        ingest=IngestService(archive, archive.blobs, IngestOptions(settings.dicomweb.bulk_threshold)),
-        search=SearchService(archive),
-        retrieve=RetrieveService(archive, scratch_dir=archive.blobs.spool_dir),
+        ingest=main.ingest,
+        search=main.search,
+        retrieve=main.retrieve,
+        upstreams=upstreams,
         records=records,
         keys=keys,
         issuer=TokenIssuer(records, keys, settings.resolved_issuer(), auth.audience, auth.token_lifetime_seconds,
@@ -157,12 +239,20 @@ def build_dimse_door(settings: Settings, services: Services) -> DimseDoor | None
     if not d.enabled:
         return None
     peers = [peer_of(p.ae_title, p.host, p.port, p.check_host, p.scopes, p.patient_ids) for p in d.peers]
+    suppliers = [Supplier(u.settings.ae_title, u.settings.host, name) for name, u in services.upstreams.items()
+                 if u.settings.kind == "dimse" and u.settings.retrieve == "c-move"
+                 and u.settings.ae_title and u.settings.host]
     config = DimseConfig(ae_title=d.ae_title, host=d.host or settings.host, port=d.port,
                          max_associations=d.max_associations, acse_timeout_s=d.acse_timeout_seconds,
                          dimse_timeout_s=d.dimse_timeout_seconds, network_timeout_s=d.network_timeout_seconds,
                          max_find_results=d.max_find_results)
-    return DimseDoor(config, PeerAccess(peers, d.open_to_any_ae), services.search, services.ingest, services.retrieve,
-                     services.audit)
+    routes = {d.ae_title: Route(services.search, services.ingest, services.retrieve)}
+    for u in services.upstreams.values():
+        if u.settings.local_ae_title:
+            images = u.images
+            routes[u.settings.local_ae_title] = Route(images.search, images.ingest, images.retrieve)
+    return DimseDoor(config, PeerAccess(peers, d.open_to_any_ae, suppliers), routes, services.audit,
+                     {name: u.delivery for name, u in services.upstreams.items()})
 
 
 def _origin(url: str) -> str:
@@ -174,13 +264,19 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
     """The ASGI application for these settings."""
     services = services or build_services(settings)
     dw = settings.dicomweb
-    ctx = DicomwebContext(
-        search=services.search, retrieve=services.retrieve, ingest=services.ingest,
-        config=DicomwebConfig(
-            root=dw.root, public_url=settings.public_url, qido_default_limit=dw.qido_default_limit,
-            qido_max_limit=dw.qido_max_limit, strict_accept=dw.strict_accept, stow_max_bytes=dw.stow_max_bytes,
-        ),
-    )
+
+    def dicomweb_context(root: str, search: SearchService, retrieve: RetrieveService,
+                         ingest: IngestService) -> DicomwebContext:
+        return DicomwebContext(search=search, retrieve=retrieve, ingest=ingest, config=DicomwebConfig(
+            root=root, public_url=settings.public_url, qido_default_limit=dw.qido_default_limit,
+            qido_max_limit=dw.qido_max_limit, strict_accept=dw.strict_accept, stow_max_bytes=dw.stow_max_bytes))
+
+    ctx = dicomweb_context(dw.root, services.search, services.retrieve, services.ingest)
+    upstream_mounts = [
+        Mount(u.settings.resolved_dicomweb_root(), routes=dicomweb_routes(dicomweb_context(
+            u.settings.resolved_dicomweb_root(), u.images.search, u.images.retrieve, u.images.ingest)))
+        for u in services.upstreams.values()
+    ]
 
     http = httpx.AsyncClient(timeout=10.0, follow_redirects=False)
     remote = identity_provider(settings, http)
@@ -220,7 +316,7 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
                     await door.aclose()  # no association is left waiting on the loop
                     await services.audit.flush()
                     await http.aclose()
-                    await services.archive.close()
+                    await services.close()
 
     middleware = [
         Middleware(AccessLog),
@@ -237,6 +333,7 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
             *admin_routes(services.audit),
             *page_routes,
             *signed_urls.routes(signer),
+            *upstream_mounts,
             Mount(dw.root, routes=dicomweb_routes(ctx)) if dw.root else Mount("", routes=dicomweb_routes(ctx)),
         ],
         middleware=middleware,

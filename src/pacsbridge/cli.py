@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     services = build_services(settings)
     import anyio
 
-    anyio.run(services.archive.close)
+    anyio.run(services.close)
     os.environ[RESOLVED_ENV] = to_worker_environment(settings)
     uvicorn.run("pacsbridge.app:app_from_environment", factory=True, workers=workers, **options)
     return 0
@@ -95,7 +95,7 @@ def _run_import(settings: Settings, paths: list[Path], quiet: bool) -> dict[str,
         try:
             return await import_paths(services.ingest, paths, progress=not quiet)
         finally:
-            await services.archive.close()
+            await services.close()
 
     summary: dict[str, Any] = anyio.run(run)
     from rich.console import Console
@@ -132,7 +132,7 @@ def _with_services(settings: Settings, work: Any) -> Any:
         try:
             return await work(services)
         finally:
-            await services.archive.close()
+            await services.close()
 
     return anyio.run(run)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -95,6 +95,69 @@ class DimseSettings(BaseModel):
     dimse_timeout_seconds: float = Field(default=60, gt=0)
     network_timeout_seconds: float = Field(default=60, gt=0)
     max_find_results: int = Field(default=10_000, ge=1, description="C-FIND answers at most this many matches.")
+
+
+class UpstreamAuth(BaseModel):
+    """How pacsbridge authenticates to an upstream DICOMweb server."""
+
+    type: Literal["none", "basic", "bearer", "client_credentials"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(default=None, description="bearer: a long-lived token.")
+    token_url: str | None = Field(default=None, description="client_credentials: the token endpoint.")
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    scope: str | None = Field(default=None, description="client_credentials: scopes asked for.")
+    audience: str | None = Field(default=None, description="client_credentials: an audience/resource parameter.")
+
+
+class UpstreamCache(BaseModel):
+    """The local cache of one upstream's instances (on this machine, never shared)."""
+
+    max_bytes: int = Field(default=10 << 30, ge=1 << 20, description="Size bound; least recently used studies go.")
+    fresh_seconds: int = Field(
+        default=300, ge=0, description="A cached scope is served without asking; afterwards its instance count "
+        "is checked with one query and the scope fetched again only if it changed.")
+
+
+class UpstreamSettings(BaseModel):
+    """A PACS or archive pacsbridge fronts: ``dicomweb`` (QIDO/WADO/STOW over HTTP) or ``dimse``
+    (C-FIND, C-GET or C-MOVE, C-STORE)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Names it in URLs and logs.")
+    kind: Literal["dicomweb", "dimse"]
+    url: str | None = Field(default=None, description="dicomweb: its DICOMweb root URL.")
+    auth: UpstreamAuth = Field(default_factory=UpstreamAuth)
+    ae_title: str | None = Field(default=None, max_length=16, description="dimse: its AE title.")
+    host: str | None = Field(default=None, description="dimse: its address.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="dimse: its port.")
+    retrieve: Literal["c-get", "c-move"] = Field(
+        default="c-get", description="dimse: how instances are fetched. c-move sends them to our own SCP "
+        "(dimse.ae_title, which the upstream must know by address and port).")
+    calling_ae_title: str | None = Field(default=None, max_length=16,
+                                         description="dimse: our AE title towards it; default dimse.ae_title.")
+    dicomweb_root: str | None = Field(
+        default=None, description="Where our DICOMweb door serves this upstream; default /upstreams/<name>/dicomweb.")
+    local_ae_title: str | None = Field(
+        default=None, max_length=16, description="A called AE title of our SCP that serves this upstream.")
+    timeout_seconds: float = Field(default=30, gt=0, description="Longest wait for any answer of the upstream.")
+    connect_timeout_seconds: float = Field(default=5, gt=0)
+    max_connections: int = Field(default=8, ge=1, le=256, description="Concurrent connections/associations to it.")
+    includefield: bool = Field(default=True, description="It returns attributes asked for by includefield/keys.")
+    fuzzy_matching: bool = Field(default=False, description="dicomweb: it implements fuzzymatching=true.")
+    cache: UpstreamCache = Field(default_factory=UpstreamCache)
+
+    @model_validator(mode="after")
+    def _complete(self) -> UpstreamSettings:
+        if self.kind == "dicomweb" and not self.url:
+            raise ValueError(f"upstream {self.name}: kind dicomweb needs url")
+        if self.kind == "dimse" and not (self.ae_title and self.host and self.port):
+            raise ValueError(f"upstream {self.name}: kind dimse needs ae_title, host and port")
+        return self
+
+    def resolved_dicomweb_root(self) -> str:
+        root = self.dicomweb_root or f"/upstreams/{self.name}/dicomweb"
+        return "/" + root.strip("/")
 
 
 class IntrospectionSettings(BaseModel):
@@ -209,6 +272,24 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     dimse: DimseSettings = Field(default_factory=DimseSettings)
+    upstreams: list[UpstreamSettings] = Field(default_factory=list, description="Archives pacsbridge fronts.")
+    archive: str = Field(
+        default="local", description="Where images live for the main DICOMweb root and AE title: local (the "
+        "embedded archive) or the name of an upstream.")
+
+    @model_validator(mode="after")
+    def _archive_known(self) -> Settings:
+        names = [u.name for u in self.upstreams]
+        if len(set(names)) != len(names):
+            raise ValueError("upstream names must differ")
+        if self.archive != "local" and self.archive not in names:
+            raise ValueError(f"archive {self.archive!r} is neither local nor an upstream's name")
+        titles = [t.upper() for t in [self.dimse.ae_title, *(u.local_ae_title for u in self.upstreams)] if t]
+        if len(set(titles)) != len(titles):
+            raise ValueError("the local AE titles (dimse.ae_title, upstreams' local_ae_title) must differ")
+        if any(u.kind == "dimse" and u.retrieve == "c-move" for u in self.upstreams) and not self.dimse.enabled:
+            raise ValueError("an upstream retrieving by c-move needs our SCP (dimse.enabled)")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -9,7 +9,7 @@ Rules:
    127.0.0.1 only.
 3. Durability is Orthanc's default: ``SyncStorageArea: true`` (one fdatasync per stored file, no
    folder sync) and its SQLite index in WAL mode, not synced per commit (as seen with strace).
-4. Started means ``GET /system`` answered 200; stopped means SIGTERM, then SIGKILL after a grace time.
+4. Started means ``GET /system`` answered (200, or 401 when ``RegisteredUsers`` closes it); stopped means SIGTERM, then SIGKILL after a grace time.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def _wait_until_up(server: OrthancServer, timeout_s: float) -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"Orthanc exited with {server.process.returncode}")
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(server.url + "/system", timeout=2).status_code == 200:
+            if httpx.get(server.url + "/system", timeout=2).status_code in (200, 401):  # 401: users configured
                 return
         time.sleep(0.1)
     raise TimeoutError("Orthanc did not answer /system in time")

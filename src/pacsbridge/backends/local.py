@@ -58,6 +58,11 @@ class LocalArchive:
         database = engine.url.database if engine.dialect.name == "sqlite" else None
         self._writer = SqliteWriter(Path(database)) if database and database != ":memory:" else None
 
+    @property
+    def writer(self) -> SqliteWriter | None:
+        """The SQLite writer lock, for other tables kept in the same database."""
+        return self._writer
+
     @classmethod
     def open(cls, url: str, root: Path, fsync: bool = True) -> LocalArchive:
         root.mkdir(parents=True, exist_ok=True)

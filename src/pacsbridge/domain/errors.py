@@ -45,7 +45,15 @@ class TooLarge(PacsbridgeError):
 
 
 class UpstreamUnavailable(PacsbridgeError):
-    """A remote archive did not answer in time or refused; retry later."""
+    """A remote (archive, identity provider) cannot be reached or is out of service; retry later."""
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    """A remote archive did not answer within its configured timeout."""
+
+
+class UpstreamFailed(UpstreamUnavailable):
+    """A remote archive answered, but with an error or something we cannot read (a bad gateway)."""
 
 
 class MappingError(PacsbridgeError):

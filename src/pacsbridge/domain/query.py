@@ -235,3 +235,31 @@ def name_tokens(text: str) -> str:
 def fuzzy_words(text: str) -> list[str]:
     """The words of a fuzzy PN query value."""
     return [w for w in re.split(r"[\s^,*?=]+", fold_person_name(text)) if w]
+
+
+def split_for_remote(query: Query, *, uid_lists_anywhere: bool, fuzzy: bool) -> tuple[Query, tuple[Match, ...]]:
+    """The part of a query a remote archive can run itself, and the match keys left to check here.
+
+    A list of values is standard only for UIDs (PS3.4 C.2.2.2.2), so a list on another attribute (the
+    patient context's PatientIDs) becomes a single value when it has one value and is checked here
+    otherwise; so is a fuzzy person name for a remote without fuzzy matching. When keys are left, the
+    remote query has no paging (the caller pages what passes) and returns the attributes they test.
+    """
+    remote: list[Match] = []
+    local: list[Match] = []
+    for match in query.matches:
+        if match.kind is MatchKind.UID_LIST and match.vr != "UI" and not uid_lists_anywhere:
+            value = match.values[0] if len(match.values) == 1 else ""
+            if value and not any(ch in value for ch in "*?\\,"):
+                remote.append(Match(match.tag, match.vr, MatchKind.SINGLE, value=value))
+            else:
+                local.append(match)
+        elif query.fuzzy and not fuzzy and match.vr == "PN" and match.kind is MatchKind.SINGLE:
+            local.append(match)
+        else:
+            remote.append(match)
+    if not local:
+        return Query(query.level, tuple(remote), query.includefields, query.include_all, query.limit, query.offset,
+                     query.fuzzy and fuzzy, query.extra), ()
+    fields = query.includefields + tuple(m.tag for m in local if m.tag not in query.includefields)
+    return Query(query.level, tuple(remote), fields, query.include_all, None, 0, False, query.extra), tuple(local)

@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import anyio.to_thread
 
+from ..domain.errors import UpstreamFailed, UpstreamUnavailable
 from ..domain.model import InstanceRecord, Origin
 from ..domain.store import FailureReason, StoreResult
 from ..formats.part10 import PREAMBLE, Rejected, lacks_preamble, read_record
@@ -140,6 +141,12 @@ def _result(item: Received, record: InstanceRecord, outcome: bool | Exception, o
         log.debug("stored %s via %s%s", sop, origin.door, " (replaced)" if outcome else "")
         return StoreResult(record.sop_class_uid, sop, ref=record.ref, replaced=outcome)
     _discard(item.staged)
+    if isinstance(outcome, UpstreamFailed):  # the upstream archive answered, and refused it
+        log.warning("storing %s from %s: %s", sop, origin.door, outcome.message)
+        return StoreResult(record.sop_class_uid, sop, failure=FailureReason.PROCESSING_FAILURE, reason=outcome.message)
+    if isinstance(outcome, UpstreamUnavailable):  # away or too slow: the sender may retry
+        log.warning("storing %s from %s: %s", sop, origin.door, outcome.message)
+        return StoreResult(record.sop_class_uid, sop, failure=FailureReason.OUT_OF_RESOURCES, reason=outcome.message)
     if isinstance(outcome, OSError):
         failure = (FailureReason.OUT_OF_RESOURCES if outcome.errno in (errno.ENOSPC, errno.EDQUOT)
                    else FailureReason.PROCESSING_FAILURE)

@@ -14,7 +14,9 @@ STATUS: dict[type[errors.PacsbridgeError], int] = {
     errors.Unsupported: 406,
     errors.Conflict: 409,
     errors.TooLarge: 413,
+    errors.UpstreamFailed: 502,
     errors.UpstreamUnavailable: 503,
+    errors.UpstreamTimeout: 504,
     errors.CorruptData: 500,
 }
 
@@ -34,5 +36,5 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 async def handle_domain_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.PacsbridgeError)
     status = status_for(exc)
-    headers = {"Retry-After": "5"} if status == 503 else None
+    headers = {"Retry-After": "5"} if status in (503, 504) else None
     return error_response(status, exc.message, headers)

@@ -9,7 +9,8 @@ Rules:
    and spool use stay bounded whatever the body size. Results keep the parts' order.
 2. Each part is stored or reported in FailedSOPSequence with its reason; a failed part leaves no file
    and no index row.
-3. 200 when all parts are stored; 202 when some failed; 409 when none was stored; 400 when the body
+3. 200 when all parts are stored; 202 when some failed; 409 when none was stored (503 when each failed
+   for want of resources, as when an upstream archive is away: retry later); 400 when the body
    is not a multipart we can read and nothing was stored; 415 for a media type we do not take.
 """
 
@@ -314,5 +315,9 @@ def _answer(results: list[StoreResult], other_failures: list[str], base: str) ->
     stored = sum(1 for r in results if r.ok)
     failed = len(results) - stored + len(other_failures)
     status = 200 if failed == 0 else 202 if stored else 409
+    headers = None
+    if not stored and not other_failures and results and all(
+            r.failure == FailureReason.OUT_OF_RESOURCES for r in results):
+        status, headers = 503, {"Retry-After": "5"}  # nothing lost: the archive (an upstream) is away
     body = json.dumps(response_dataset(results, base, other_failures), separators=(",", ":"))
-    return Response(body.encode(), status_code=status, media_type="application/dicom+json")
+    return Response(body.encode(), status_code=status, media_type="application/dicom+json", headers=headers)

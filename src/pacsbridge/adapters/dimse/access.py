@@ -7,6 +7,8 @@ Rules:
 2. A known peer is a principal ``ae:<TITLE>`` with its configured scopes and patients, so scopes and
    patient context apply to DIMSE exactly as to tokens. Unknown callers are refused unless the
    operator opened the door (``dimse.open_to_any_ae``), which makes every caller an operator.
+3. An upstream PACS we retrieve from by C-MOVE is a supplier: its C-STOREs (from its address only) go
+   into its cache and nowhere else; it has no other right here.
 """
 
 from __future__ import annotations
@@ -30,10 +32,29 @@ class Peer:
     patient_ids: frozenset[str] | None
 
 
+@dataclass(frozen=True)
+class Supplier:
+    """An upstream PACS that sends us the instances of our own C-MOVE requests (into its cache)."""
+
+    ae_title: str
+    host: str
+    upstream: str
+
+
 class PeerAccess:
-    def __init__(self, peers: Sequence[Peer], open_to_any_ae: bool) -> None:
+    def __init__(self, peers: Sequence[Peer], open_to_any_ae: bool, suppliers: Sequence[Supplier] = ()) -> None:
         self.peers = {p.ae_title: p for p in peers}
         self.open_to_any_ae = open_to_any_ae
+        self.suppliers = {s.ae_title: s for s in suppliers}
+
+    def callers(self) -> list[str]:
+        """Every AE title that may associate with us."""
+        return sorted({*self.peers, *self.suppliers})
+
+    def supplier(self, ae_title: str, address: str) -> Supplier | None:
+        """The upstream whose C-MOVE results this caller delivers; its address is always checked."""
+        found = self.suppliers.get(ae_title.strip())
+        return found if found is not None and _same_host(found.host, address) else None
 
     def principal(self, ae_title: str, address: str) -> Principal | None:
         """The caller's principal; None when it may not call us from there."""

@@ -59,6 +59,7 @@ from ...services.ports import AuditTrail
 from ...services.retrieve import RetrieveService
 from ...services.search import PATIENT_ID, SearchService
 from .access import PeerAccess
+from .errors import IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, status_for
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,8 +67,6 @@ T = TypeVar("T")
 SUCCESS, PENDING, CANCEL = 0x0000, 0xFF00, 0xFE00
 NOT_AUTHORIZED = 0x0124  # "Refused: Not Authorized" (PS3.4 B.2.3), for every refused request
 OUT_OF_RESOURCES = 0xA700
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 FIND_MODELS = {
     PatientRootQueryRetrieveInformationModelFind: "Patient Root",
     StudyRootQueryRetrieveInformationModelFind: "Study Root",
@@ -79,6 +78,15 @@ RETRIEVE_MODELS = {
     StudyRootQueryRetrieveInformationModelMove: "Study Root",
 }
 MOVE_DESTINATION_UNKNOWN = 0xA801
+
+
+@dataclass(frozen=True)
+class Route:
+    """What one called AE title of ours serves: the embedded archive or an upstream."""
+
+    search: SearchService
+    ingest: IngestService
+    retrieve: RetrieveService
 
 
 @dataclass(frozen=True)
@@ -96,13 +104,14 @@ class DimseConfig:
 class DimseDoor:
     """The SCP; ``start`` it with a portal into the app's event loop, ``stop`` it at shutdown."""
 
-    def __init__(self, config: DimseConfig, access: PeerAccess, search: SearchService, ingest: IngestService,
-                 retrieve: RetrieveService, trail: AuditTrail) -> None:
+    def __init__(self, config: DimseConfig, access: PeerAccess, routes: dict[str, Route], trail: AuditTrail,
+                 deliveries: dict[str, IngestService] | None = None) -> None:
+        """``routes`` by called AE title (``config.ae_title`` among them); ``deliveries`` by upstream name:
+        where a supplier's C-STOREs go (its cache)."""
         self.config = config
         self.access = access
-        self.search = search
-        self.retrieve = retrieve
-        self.ingest = ingest
+        self.routes = {title.strip(): route for title, route in routes.items()}
+        self.deliveries = deliveries or {}
         self.trail = trail
         self.portal: BlockingPortal | None = None
         self.server: ThreadedAssociationServer | None = None
@@ -120,17 +129,18 @@ class DimseDoor:
         ae.acse_timeout = self.config.acse_timeout_s
         ae.dimse_timeout = self.config.dimse_timeout_s
         ae.network_timeout = self.config.network_timeout_s
-        ae.require_called_aet = True
+        ae.require_called_aet = True  # one of ours: _called makes the acceptor answer as the title called
         if not self.access.open_to_any_ae:
             # pynetdicom accepts everyone when the list is empty; with no peers, a title nobody uses.
-            ae.require_calling_aet = sorted(self.access.peers) or [secrets.token_hex(8).upper()]
+            ae.require_calling_aet = self.access.callers() or [secrets.token_hex(8).upper()]
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             # Either role: we receive C-STORE, and send C-STORE back on a C-GET's own association.
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         for model in (*FIND_MODELS, *RETRIEVE_MODELS):
             ae.add_supported_context(model)
-        handlers = [(evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find),
+        handlers = [(evt.EVT_REQUESTED, self._called), (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
+                    (evt.EVT_C_FIND, self._find),
                     (evt.EVT_C_GET, self._get), (evt.EVT_C_MOVE, self._move)]
         self.server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
         log.info("DIMSE SCP %s listening on %s:%d", self.config.ae_title, self.config.host, self.port)
@@ -145,6 +155,17 @@ class DimseDoor:
     def _call(self, work: Callable[[], Awaitable[T]]) -> T:
         assert self.portal is not None
         return self.portal.call(work)
+
+    def _called(self, event: Any) -> None:
+        """Before negotiation: answer as the AE title called when it is one of ours (else pynetdicom
+        rejects the association: called AE title not recognised)."""
+        called = str(event.assoc.requestor.primitive.called_ae_title).strip()
+        if called in self.routes:
+            event.assoc.acceptor.ae_title = called
+
+    def _route(self, event: Any) -> tuple[str, Route]:
+        title = str(event.assoc.acceptor.ae_title).strip()
+        return title, self.routes.get(title) or self.routes[self.config.ae_title]
 
     def _principal(self, event: Any) -> Principal | None:
         requestor = event.assoc.requestor
@@ -164,22 +185,22 @@ class DimseDoor:
         return SUCCESS
 
     def _store(self, event: Any) -> Dataset | int:
+        requestor = event.assoc.requestor
+        supplier = self.access.supplier(str(requestor.ae_title), str(requestor.address))
+        if supplier is not None and supplier.upstream in self.deliveries:
+            return self._deliver(event, supplier.upstream)
         principal = self._principal(event)
         sop_class = str(event.request.AffectedSOPClassUID)
         if principal is None or not principal.allows(DICOMWEB_WRITE):
             self._record(event, principal, "create", "C-STORE", sop_class, NOT_AUTHORIZED)
             return _status(NOT_AUTHORIZED, "this AE may not store here")
-        data = event.encoded_dataset(include_meta=True)
-        staged, fp = self.ingest.new_spool_file()
-        with fp:
-            fp.write(data)
-            self.ingest.seal(fp)
-        requestor = event.assoc.requestor
+        ingest = self._route(event)[1].ingest
+        staged = _spool(event, ingest)
         origin = Origin("c-store", str(requestor.address), principal.subject)
 
         async def store() -> tuple[StoreResult, AccessNote]:
             with audit.noting() as note:
-                return await self.ingest.store_file(staged, origin), note
+                return await ingest.store_file(staged, origin), note
 
         try:
             result, note = self._call(store)
@@ -192,6 +213,20 @@ class DimseDoor:
         if result.failure == FailureReason.PROCESSING_FAILURE and not result.reason:
             return _status(UNABLE_TO_PROCESS, "the instance could not be processed")
         return _status(status, result.reason) if status != SUCCESS else SUCCESS
+
+    def _deliver(self, event: Any, upstream: str) -> Dataset | int:
+        """A supplier's C-STORE (the result of our C-MOVE): into that upstream's cache, as fetched data."""
+        ingest = self.deliveries[upstream]
+        staged = _spool(event, ingest)
+        origin = Origin("c-move-result", str(event.assoc.requestor.address), f"upstream:{upstream}")
+        try:
+            result = self._call(lambda: ingest.store_file(staged, origin))
+        except Exception:
+            log.exception("upstream %s: a C-MOVE result could not be cached", upstream)
+            return _status(OUT_OF_RESOURCES, "the cache could not store the instance")
+        if result.failure:
+            return _status(int(result.failure), result.reason)
+        return SUCCESS
 
     def _find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         principal = self._principal(event)
@@ -208,17 +243,19 @@ class DimseDoor:
             yield _status(IDENTIFIER_DOES_NOT_MATCH, message), None
             return
         cap = self.config.max_find_results
+        title, route = self._route(event)
 
         async def run() -> tuple[list[dict[str, Any]], AccessNote]:
             with audit.noting() as note:
-                page = await self.search.search(replace(query, limit=cap + 1), principal)
+                page = await route.search.search(replace(query, limit=cap + 1), principal)
                 return page.results, note
 
         try:
             results, note = self._call(run)
         except PacsbridgeError as exc:
-            self._record(event, principal, "search", "C-FIND", model, UNABLE_TO_PROCESS)
-            yield _status(UNABLE_TO_PROCESS, exc.message), None
+            status = status_for(exc)
+            self._record(event, principal, "search", "C-FIND", model, status)
+            yield _status(status, exc.message), None
             return
         if level == "PATIENT":
             results = patients(results)
@@ -228,7 +265,7 @@ class DimseDoor:
                 self._record(event, principal, "search", "C-FIND", model, CANCEL, note)
                 yield CANCEL, None
                 return
-            yield PENDING, find_response(result, requested, level, self.config.ae_title)
+            yield PENDING, find_response(result, requested, level, title)
         if too_many:
             self._record(event, principal, "search", "C-FIND", model, OUT_OF_RESOURCES, note)
             yield _status(OUT_OF_RESOURCES, f"more than {cap} matches: narrow the query"), None
@@ -291,17 +328,19 @@ class DimseDoor:
             return Refusal(IDENTIFIER_DOES_NOT_MATCH,
                            exc.message if isinstance(exc, InvalidInput) else "unreadable identifier")
 
+        route = self._route(event)[1]
+
         async def locate() -> Found:
             with audit.noting() as note:
                 targets = scopes
                 if patient is not None:  # the unique key's value, never a pattern
                     query = Query(Level.STUDY, (Match(PATIENT_ID, "LO", MatchKind.SINGLE, value=patient),))
-                    page = await self.search.search(query, principal)
+                    page = await route.search.search(query, principal)
                     targets = [Scope(str(r["0020000D"]["Value"][0])) for r in page.results if "0020000D" in r]
                 found: list[StoredInstance] = []
                 for scope in targets:
                     try:
-                        found += await self.retrieve.instances(scope, principal)
+                        found += await route.retrieve.instances(scope, principal)
                     except NotFound:
                         continue
                 return Found(found, note)
@@ -309,7 +348,7 @@ class DimseDoor:
         try:
             return self._call(locate)
         except PacsbridgeError as exc:
-            return Refusal(UNABLE_TO_PROCESS, exc.message)
+            return Refusal(status_for(exc), exc.message)
 
 
 class Found(NamedTuple):
@@ -347,6 +386,16 @@ def one_listener(lock_path: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)  # releases the lock
+
+
+def _spool(event: Any, ingest: IngestService) -> Path:
+    """A C-STORE's dataset, with its File Meta, as a sealed spool file."""
+    data = event.encoded_dataset(include_meta=True)
+    staged, fp = ingest.new_spool_file()
+    with fp:
+        fp.write(data)
+        ingest.seal(fp)
+    return staged
 
 
 def _status(code: int, comment: str = "") -> Dataset:

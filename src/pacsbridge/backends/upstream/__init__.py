@@ -1,0 +1,1 @@
+"""Upstream archives: a remote DICOMweb server or DIMSE PACS behind a bounded local cache."""

@@ -1,0 +1,176 @@
+"""The local cache of one upstream's instances: an embedded archive of its own, bounded in size, with a
+note of which scopes were fetched when.
+
+Rules:
+1. The cache is an ordinary ``LocalArchive`` in ``<data_dir>/cache/<name>`` (its own SQLite file, even when
+   our records live in PostgreSQL: a cache belongs to the machine). Files are written and fsync'd as any
+   stored instance, so a crash never leaves a half-written file indexed.
+2. ``fetches`` remembers each scope fetched whole (study, series or instance) and when it was last used;
+   a scope counts as fetched when it or one of its parents was. Use is noted at most once a minute per
+   study, so reads do not turn into writes.
+3. ``trim`` removes least recently used studies until the cache is under its bound, never one used in the
+   last ``KEEP_S`` seconds (a reader may still be opening its files) nor the ones it is told to keep.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+from sqlalchemy import Column, Float, MetaData, String, Table, delete, func, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ...domain.model import Scope
+from ..local import LocalArchive
+from ..sql import schema
+from ..sql.engine import holding
+
+KEEP_S = 60.0
+TOUCH_EVERY_S = 60.0
+
+_meta = MetaData()
+fetches = Table(
+    "cache_fetches", _meta,
+    Column("scope_key", String(200), primary_key=True),
+    Column("study_uid", String(64), nullable=False, index=True),
+    Column("fetched_at", Float, nullable=False),
+    Column("used_at", Float, nullable=False),
+)
+
+
+def scope_key(scope: Scope) -> str:
+    return "/".join(uid for uid in (scope.study_uid, scope.series_uid, scope.sop_uid) if uid)
+
+
+def covering_keys(scope: Scope) -> list[str]:
+    """The keys of the scope and its parents: a fetch of any of them covers the scope."""
+    keys = [scope.study_uid]
+    if scope.series_uid:
+        keys.append(f"{scope.study_uid}/{scope.series_uid}")
+        if scope.sop_uid:
+            keys.append(f"{keys[-1]}/{scope.sop_uid}")
+    return keys
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    max_bytes: int
+    fresh_s: float
+
+
+class InstanceCache:
+    """One upstream's cached instances (``local``) and the record of what was fetched."""
+
+    def __init__(self, local: LocalArchive, policy: CachePolicy, clock: Callable[[], float] = time.time) -> None:
+        self.local = local
+        self.policy = policy
+        self.clock = clock
+        self._touched: dict[str, float] = {}
+
+    @classmethod
+    def open(cls, root: Path, policy: CachePolicy) -> InstanceCache:
+        local = LocalArchive.open(f"sqlite:///{(root / 'index.sqlite').resolve()}", root)
+        _meta.create_all(local.engine, checkfirst=True)
+        return cls(local, policy)
+
+    async def fetched_at(self, scope: Scope) -> float | None:
+        """When the scope (or a parent) was last fetched whole; None if never (or since evicted)."""
+        def run() -> float | None:
+            with self.local.engine.connect() as conn:
+                return conn.execute(select(func.max(fetches.c.fetched_at))
+                                    .where(fetches.c.scope_key.in_(covering_keys(scope)))).scalar()
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def mark_fetched(self, scope: Scope) -> None:
+        now = self.clock()
+
+        def run() -> None:
+            values = {"scope_key": scope_key(scope), "study_uid": scope.study_uid, "fetched_at": now, "used_at": now}
+            statement = sqlite_insert(fetches).values(**values)
+            statement = statement.on_conflict_do_update(index_elements=["scope_key"],
+                                                        set_={"fetched_at": now, "used_at": now})
+            with holding(self.local.writer), self.local.engine.begin() as conn:
+                conn.execute(statement)
+
+        await anyio.to_thread.run_sync(run)
+        self._touched[scope.study_uid] = now
+
+    async def touch(self, study_uid: str) -> None:
+        """Note that a study was read (rule 2)."""
+        now = self.clock()
+        if now - self._touched.get(study_uid, 0.0) < TOUCH_EVERY_S:
+            return
+        self._touched[study_uid] = now
+
+        def run() -> None:
+            with holding(self.local.writer), self.local.engine.begin() as conn:
+                conn.execute(fetches.update().where(fetches.c.study_uid == study_uid).values(used_at=now))
+
+        await anyio.to_thread.run_sync(run)
+
+    async def size(self) -> int:
+        def run() -> int:
+            with self.local.engine.connect() as conn:
+                return int(conn.execute(select(func.coalesce(func.sum(schema.instances.c.size), 0))).scalar_one())
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def trim(self, keep: Iterable[str] = ()) -> list[str]:
+        """Evict least recently used studies until under ``max_bytes`` (rule 3); the studies evicted."""
+        total = await self.size()
+        if total <= self.policy.max_bytes:
+            return []
+        kept = set(keep)
+        recent = self.clock() - KEEP_S
+
+        def candidates() -> list[tuple[str, int]]:
+            st, inst = schema.studies, schema.instances
+            used = (select(fetches.c.study_uid, func.max(fetches.c.used_at).label("used_at"))
+                    .group_by(fetches.c.study_uid).subquery())
+            sizes = (select(inst.c.study_uid, func.sum(inst.c.size).label("size"))
+                     .group_by(inst.c.study_uid).subquery())
+            rows = (select(st.c.study_uid, sizes.c.size, used.c.used_at)
+                    .join(sizes, sizes.c.study_uid == st.c.study_uid)
+                    .outerjoin(used, used.c.study_uid == st.c.study_uid)
+                    .order_by(func.coalesce(used.c.used_at, 0.0)))
+            with self.local.engine.connect() as conn:
+                return [(r.study_uid, int(r.size or 0)) for r in conn.execute(rows)
+                        if r.study_uid not in kept and (r.used_at or 0.0) < recent
+                        and self._touched.get(r.study_uid, 0.0) < recent]
+
+        evicted: list[str] = []
+        for study_uid, size in await anyio.to_thread.run_sync(candidates):
+            if total <= self.policy.max_bytes:
+                break
+            await self.evict(study_uid)
+            total -= size
+            evicted.append(study_uid)
+        return evicted
+
+    async def evict(self, study_uid: str) -> int:
+        removed = await self.local.delete(Scope(study_uid))
+
+        def run() -> None:
+            with holding(self.local.writer), self.local.engine.begin() as conn:
+                conn.execute(delete(fetches).where(fetches.c.study_uid == study_uid))
+
+        await anyio.to_thread.run_sync(run)
+        self._touched.pop(study_uid, None)
+        return removed
+
+    async def forget(self, scope: Scope) -> None:
+        """Drop the fetch notes of a scope and everything under it (it changed upstream)."""
+        def run() -> None:
+            key = scope_key(scope)
+            with holding(self.local.writer), self.local.engine.begin() as conn:
+                conn.execute(delete(fetches).where((fetches.c.scope_key == key)
+                                                   | fetches.c.scope_key.startswith(key + "/")))
+
+        await anyio.to_thread.run_sync(run)
+
+    async def close(self) -> None:
+        await self.local.close()
