@@ -44,6 +44,7 @@ from .backends.local import LocalArchive
 from .backends.records import SqlSecurityRecords
 from .backends.upstream.cache import CachePolicy, InstanceCache
 from .backends.upstream.dicomweb import ClientCredentials, DicomwebRemote, DicomwebUpstream
+from .backends.upstream.dimse import DimseRemote, DimseUpstream
 from .backends.upstream.proxy import ProxyArchive
 from .backends.upstream.remote import Capabilities, Remote
 from .backends.web_login import SqlWebLoginRecords
@@ -128,8 +129,6 @@ def build_remote(u: UpstreamSettings, settings: Settings) -> Remote:
             max_connections=u.max_connections, capabilities=caps,
             basic=(a.username or "", secret(a.password)) if a.type == "basic" else None,
             bearer=secret(a.token) if a.type == "bearer" else None, client_credentials=credentials))
-    from .backends.upstream.dimse import DimseRemote, DimseUpstream
-
     assert u.ae_title and u.host and u.port
     return DimseRemote(u.name, DimseUpstream(
         ae_title=u.ae_title, host=u.host, port=u.port,

@@ -7,6 +7,7 @@ download is not used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -22,7 +23,9 @@ from pacsbridge.synthetic import StudySpec, make_instance, study_specs
 
 from ..support.http import stow_body
 from ..support.ohif import Session, Stack, Traffic, ohif_dist, serve_ohif
-from ..support.servers import OPEN_DICOMWEB, serve
+from ..support.orthanc import missing as orthanc_missing
+from ..support.orthanc import orthanc
+from ..support.servers import OPEN_DICOMWEB, RunningServer, free_port, serve
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -64,8 +67,32 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextlib.contextmanager
+def pacsbridge_for(kind: str, settings: Settings) -> Iterator[RunningServer]:
+    """pacsbridge with its embedded archive, or in front of an Orthanc reachable only over DIMSE (its
+    DICOMweb plugin off): STOW-RS is forwarded by C-STORE, QIDO-RS asks C-FIND, WADO-RS is served from
+    instances fetched by C-MOVE into pacsbridge's own SCP."""
+    if kind == "local":
+        with serve(settings) as server:
+            yield server
+        return
+    reason = orthanc_missing()
+    if reason:
+        pytest.fail(f"Orthanc is needed for OHIF over a DIMSE-only PACS: {reason}")
+    dimse_port = free_port()
+    with orthanc(aet="DIMSEONLY", modalities={"pb": ("PACSBRIDGE", "127.0.0.1", dimse_port)},
+                 extra_config={"DicomWeb": {"Enable": False}}) as pacs:
+        upstream = {"name": "pacs", "kind": "dimse", "ae_title": pacs.aet, "host": "127.0.0.1",
+                    "port": pacs.dicom_port, "retrieve": "c-move", "timeout_seconds": 20}
+        proxied = settings.model_copy(update={
+            "upstreams": Settings(upstreams=[upstream]).upstreams, "archive": "pacs",
+            "dimse": settings.dimse.model_copy(update={"port": dimse_port})})
+        with serve(proxied) as server:
+            yield server
+
+
+@pytest.fixture(scope="module", params=["local", pytest.param("dimse-upstream", marks=pytest.mark.orthanc)])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     _require_browser()
     names = ["Müller^Jürgen", "Doe^Jane"]
     specs = tuple(
@@ -76,7 +103,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with serve_ohif() as ohif:
         settings = Settings(data_dir=tmp_path_factory.mktemp("ohif") / "data", storage={"fsync": False},
                             cors={"allow_origins": [ohif.origin]}, auth=OPEN_DICOMWEB)
-        with serve(settings) as pacsbridge:
+        with pacsbridge_for(str(request.param), settings) as pacsbridge:
             ohif.point_at(pacsbridge.dicomweb)
             for spec in specs:
                 stow_study(pacsbridge.dicomweb, spec)

@@ -9,7 +9,8 @@ Rules:
    127.0.0.1 only.
 3. Durability is Orthanc's default: ``SyncStorageArea: true`` (one fdatasync per stored file, no
    folder sync) and its SQLite index in WAL mode, not synced per commit (as seen with strace).
-4. Started means ``GET /system`` answered (200, or 401 when ``RegisteredUsers`` closes it); stopped means SIGTERM, then SIGKILL after a grace time.
+4. Started means ``GET /system`` answered (200, or 401 when ``RegisteredUsers`` closes it); stopped
+   means SIGTERM, then SIGKILL after a grace time.
 """
 
 from __future__ import annotations

@@ -50,3 +50,14 @@ def test_environment_changes_one_key_of_a_file_section(tmp_path: Path, monkeypat
     monkeypatch.setenv("PACSBRIDGE_DICOMWEB__ROOT", "/from-env")
     s = load_settings(config)
     assert (s.dicomweb.root, s.dicomweb.qido_max_limit) == ("/from-env", 7)
+
+
+def test_pynetdicom_never_logs_identifiers_even_at_debug() -> None:
+    """pynetdicom logs C-FIND identifiers (patient names) at INFO/DEBUG: held at WARNING."""
+    import logging
+
+    from pacsbridge.logs import configure_logging
+
+    configure_logging("debug")
+    assert logging.getLogger("pynetdicom").getEffectiveLevel() == logging.WARNING
+    assert not logging.getLogger("pynetdicom.dimse_primitives").isEnabledFor(logging.INFO)

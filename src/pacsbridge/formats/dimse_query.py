@@ -1,5 +1,5 @@
-"""C-FIND identifiers in and out: the Query a request's identifier asks for, and the identifier of
-one match.
+"""C-FIND identifiers in and out: the Query a request's identifier asks for, the identifier of one
+match, and (for an upstream PACS) the identifier that asks for a Query.
 
 See: PS3.4 C.2.2.2 (matching: single value, UID list, universal, wildcard, range, sequence), C.4.1.1.3
 (the identifier: only the requested keys come back), C.6.1/C.6.2 (Patient Root and Study Root
@@ -12,6 +12,9 @@ Rules:
    RetrieveAETitle when asked for, and SpecificCharacterSet ISO_IR 192: the index holds Unicode.
 3. The Patient level is a view over studies: one response per PatientID, with the number of its
    studies (NumberOfPatientRelatedStudies) when asked for.
+4. An outgoing identifier says each match in DICOM's syntax (``low-high`` ranges, backslash-separated
+   UID lists, one sequence item holding the item keys) and asks for every return key empty, so that
+   ``find_query`` reads the same matches back.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 
 from ..domain.errors import InvalidInput
 from ..domain.model import DicomJson, Level, Scope
-from ..domain.query import Query
+from ..domain.query import Match, MatchKind, Query
 from .dicom_json import json_to_dataset
 from .qido import parse_qido
 
+LEVEL_NAMES = {Level.STUDY: "STUDY", Level.SERIES: "SERIES", Level.INSTANCE: "IMAGE"}
 LEVELS = {"PATIENT": Level.STUDY, "STUDY": Level.STUDY, "SERIES": Level.SERIES, "IMAGE": Level.INSTANCE}
 QUERY_RETRIEVE_LEVEL = 0x00080052
 SPECIFIC_CHARACTER_SET = 0x00080005
@@ -104,6 +109,65 @@ def find_response(result: DicomJson, requested: tuple[str, ...], level: str, ae_
     if f"{RETRIEVE_AE_TITLE:08X}" in requested:
         ds.RetrieveAETitle = ae_title
     return ds
+
+
+def find_identifier(query: Query, return_tags: Iterable[str]) -> Dataset:
+    """The Study Root C-FIND identifier asking an upstream for a Query (rule 4).
+
+    See: PS3.4 C.2.2.2 (matching), C.6.2.1 (Study Root keys). ``return_tags`` are 8-hex tags; a UID list
+    on a VR other than UI has no DICOM syntax and is a ValueError (the caller splits those off).
+    """
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = LEVEL_NAMES[query.level]
+    _add_matches(ds, query.matches)
+    for tag in return_tags:
+        number = int(tag, 16)
+        if number not in ds and number not in NOT_MATCHED:
+            vr = _vr(number)
+            ds.add_new(number, vr, Sequence() if vr == "SQ" else None)
+    return ds
+
+
+def _add_matches(ds: Dataset, matches: Iterable[Match]) -> None:
+    for match in matches:
+        number = int(match.tag, 16)
+        vr = _vr(number)
+        if vr == "UN":
+            vr = match.vr
+        ds.add_new(number, vr, _match_value(match, vr))
+
+
+def _match_value(match: Match, vr: str) -> Any:
+    kind = match.kind
+    if kind is MatchKind.SEQUENCE or vr == "SQ":
+        if not match.items:
+            return Sequence()
+        item = Dataset()
+        _add_matches(item, match.items)
+        return Sequence([item])
+    if kind is MatchKind.UNIVERSAL:
+        return None
+    if kind is MatchKind.RANGE:
+        return f"{match.low or ''}-{match.high or ''}"
+    if kind is MatchKind.UID_LIST:
+        if vr != "UI":
+            raise ValueError(f"{match.tag}: a list of values is DICOM matching only for UIDs")
+        return list(match.values)
+    return _single_value(vr, match.value)
+
+
+def _single_value(vr: str, text: str) -> Any:
+    """A single or wildcard value in the form pydicom writes for its VR."""
+    if vr in ("US", "SS", "UL", "SL", "SV", "UV"):
+        return int(text)
+    if vr in ("FL", "FD"):
+        return float(text)
+    if vr == "AT":
+        return int(text, 16)
+    if vr == "UN":
+        return text.encode()
+    return text
 
 
 def _vr(tag: int) -> str:

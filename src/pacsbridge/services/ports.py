@@ -20,7 +20,8 @@ from ..domain.query import Query
 
 @dataclass(frozen=True)
 class SearchPage:
-    """Results of one page; ``remaining`` counts matches beyond this page (for the 299 warning)."""
+    """Results of one page; ``remaining`` counts matches beyond this page (for the 299 warning): exactly
+    from our own index, at least 1 from an upstream that was asked for one more than the page."""
 
     results: list[DicomJson] = field(default_factory=list)
     remaining: int = 0
