@@ -6,15 +6,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pacsbridge.domain.model import Level
 from pacsbridge.domain.query import (
     Match,
     MatchKind,
+    Query,
     fold_person_name,
     fuzzy_person_name,
     matches,
+    matches_all,
     name_tokens,
     normalize_datetime,
     normalize_time,
+    split_for_remote,
 )
 
 
@@ -108,3 +112,39 @@ def test_person_names_match_on_the_alphabetic_group() -> None:
     attrs = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎"}]}}
     assert matches(Match("00100010", "PN", MatchKind.SINGLE, value="yamada^tarou"), attrs)
     assert not matches(Match("00100010", "PN", MatchKind.SINGLE, value="山田^太郎"), attrs)
+
+
+# --- split_for_remote: what an upstream is asked, what is matched here ---------------------------------
+
+def _context(*patients: str) -> Match:
+    return Match("00100020", "LO", MatchKind.UID_LIST, values=patients)
+
+
+def test_one_context_patient_becomes_a_single_value_key_for_the_upstream() -> None:
+    universal = Match("00100020", "LO", MatchKind.UNIVERSAL)
+    query = Query(Level.STUDY, (universal, _context("PAT-B")), limit=10, offset=5)
+    remote, local = split_for_remote(query, uid_lists_anywhere=False, fuzzy=False)
+    assert local == ()
+    assert remote.matches == (Match("00100020", "LO", MatchKind.SINGLE, value="PAT-B"),)
+    assert (remote.limit, remote.offset) == (10, 5) and "00100020" in remote.includefields
+
+
+def test_several_patients_or_a_second_key_on_patient_id_are_matched_here_without_paging() -> None:
+    for query in (Query(Level.SERIES, (_context("A", "B"),), limit=10, offset=5),
+                  Query(Level.SERIES, (Match("00100020", "LO", MatchKind.WILDCARD, value="A*"), _context("A")),
+                        limit=10)):
+        remote, local = split_for_remote(query, uid_lists_anywhere=False, fuzzy=False)
+        assert local == (query.matches[-1],)
+        assert all(m.kind is not MatchKind.UID_LIST for m in remote.matches)
+        assert remote.limit is None and remote.offset == 0 and "00100020" in remote.includefields
+
+
+def test_uid_lists_stay_with_the_upstream_and_fuzzy_names_only_when_it_can() -> None:
+    uids = Match("0020000D", "UI", MatchKind.UID_LIST, values=("1.2", "1.3"))
+    name = Match("00100010", "PN", MatchKind.SINGLE, value="jo do")
+    query = Query(Level.STUDY, (uids, name), fuzzy=True, limit=3)
+    remote, local = split_for_remote(query, uid_lists_anywhere=False, fuzzy=True)
+    assert remote.matches == (uids, name) and remote.fuzzy and local == ()
+    remote, local = split_for_remote(query, uid_lists_anywhere=False, fuzzy=False)
+    assert remote.matches == (uids,) and not remote.fuzzy and local == (name,)
+    assert matches_all(local, {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^John"}]}}, fuzzy=True)

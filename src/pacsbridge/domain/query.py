@@ -247,19 +247,27 @@ def split_for_remote(query: Query, *, uid_lists_anywhere: bool, fuzzy: bool) -> 
     """
     remote: list[Match] = []
     local: list[Match] = []
+    converted: set[str] = set()
     for match in query.matches:
         if match.kind is MatchKind.UID_LIST and match.vr != "UI" and not uid_lists_anywhere:
             value = match.values[0] if len(match.values) == 1 else ""
-            if value and not any(ch in value for ch in "*?\\,"):
+            # One key per attribute on the wire: another non-universal key on it leaves this one to us.
+            alone = not any(m.tag == match.tag and m is not match and m.kind is not MatchKind.UNIVERSAL
+                            for m in query.matches)
+            if value and alone and not any(ch in value for ch in "*?\\,"):
                 remote.append(Match(match.tag, match.vr, MatchKind.SINGLE, value=value))
+                converted.add(match.tag)
             else:
                 local.append(match)
         elif query.fuzzy and not fuzzy and match.vr == "PN" and match.kind is MatchKind.SINGLE:
             local.append(match)
         else:
             remote.append(match)
+    # A universal key on an attribute now matched by value would be a second, contrary key on the wire.
+    remote = [m for m in remote if not (m.kind is MatchKind.UNIVERSAL and m.tag in converted)]
+    returned = query.includefields + tuple(sorted(converted - set(query.includefields)))
     if not local:
-        return Query(query.level, tuple(remote), query.includefields, query.include_all, query.limit, query.offset,
+        return Query(query.level, tuple(remote), returned, query.include_all, query.limit, query.offset,
                      query.fuzzy and fuzzy, query.extra), ()
-    fields = query.includefields + tuple(m.tag for m in local if m.tag not in query.includefields)
+    fields = returned + tuple(m.tag for m in local if m.tag not in returned)
     return Query(query.level, tuple(remote), fields, query.include_all, None, 0, False, query.extra), tuple(local)

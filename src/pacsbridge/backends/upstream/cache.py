@@ -9,7 +9,7 @@ Rules:
    a scope counts as fetched when it or one of its parents was. Use is noted at most once a minute per
    study, so reads do not turn into writes.
 3. ``trim`` removes least recently used studies until the cache is under its bound, never one used in the
-   last ``KEEP_S`` seconds (a reader may still be opening its files) nor the ones it is told to keep.
+   last ``keep_s`` seconds (a reader may still be opening its files) nor the ones it is told to keep.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def covering_keys(scope: Scope) -> list[str]:
 class CachePolicy:
     max_bytes: int
     fresh_s: float
+    keep_s: float = KEEP_S  # a study used this recently is never evicted
 
 
 class InstanceCache:
@@ -125,7 +126,7 @@ class InstanceCache:
         if total <= self.policy.max_bytes:
             return []
         kept = set(keep)
-        recent = self.clock() - KEEP_S
+        recent = self.clock() - self.policy.keep_s
 
         def candidates() -> list[tuple[str, int]]:
             st, inst = schema.studies, schema.instances

@@ -5,8 +5,8 @@ module), §10.6 (QIDO-RS); RFC 6749 §4.4 (client credentials).
 
 Rules:
 1. One httpx client per upstream, with its own connection limit and timeouts; authentication is basic,
-   a fixed bearer token, or a client-credentials token (authlib) fetched when first needed, renewed before
-   it expires and fetched again once if the upstream answers 401.
+   a fixed bearer token, or a client-credentials token (kept by authlib) fetched when first needed,
+   renewed before it expires and fetched again once if the upstream answers 401.
 2. Bodies stream both ways: WADO-RS multipart is parsed as it arrives and written part by part to spool
    files; STOW-RS bodies are read from the files as they are sent.
 3. Failures are translated once (``_failure``/``_check``): unreachable 503, timed out 504, any other
@@ -90,18 +90,17 @@ class DicomwebRemote:
             "follow_redirects": False,
             "transport": transport,
         }
+        if config.basic:
+            options["auth"] = httpx.BasicAuth(*config.basic)
+        if config.bearer:
+            options["headers"] = {"Authorization": f"Bearer {config.bearer}"}
+        self.client = httpx.AsyncClient(**options)
         cc = config.client_credentials
-        self.client: httpx.AsyncClient
-        if cc is not None:
-            self.client = AsyncOAuth2Client(
-                client_id=cc.client_id, client_secret=cc.client_secret, scope=cc.scope,
-                token_endpoint=cc.token_url, grant_type="client_credentials", leeway=30, **options)
-        else:
-            if config.basic:
-                options["auth"] = httpx.BasicAuth(*config.basic)
-            if config.bearer:
-                options["headers"] = {"Authorization": f"Bearer {config.bearer}"}
-            self.client = httpx.AsyncClient(**options)
+        # authlib keeps the token; requests carry it as a plain header, because its auth flow rewrites a
+        # streamed (chunked) STOW body's headers into an invalid request.
+        self.tokens = None if cc is None else AsyncOAuth2Client(
+            client_id=cc.client_id, client_secret=cc.client_secret, scope=cc.scope, token_endpoint=cc.token_url,
+            grant_type="client_credentials", leeway=30, timeout=options["timeout"], follow_redirects=False)
         self._token_lock = anyio.Lock()
         self._as_stored = True  # ask for transfer-syntax=* until the upstream refuses it
 
@@ -170,40 +169,48 @@ class DicomwebRemote:
 
     async def close(self) -> None:
         await self.client.aclose()
+        if self.tokens is not None:
+            await self.tokens.aclose()
 
     # --- HTTP ---------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _request(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
         """A streamed request with failures translated; a client-credentials token is fetched first, and
-        once again when the upstream answers 401."""
-        for attempt in (1, 2):
-            await self._ensure_token(renew=attempt == 2)
+        once again when the upstream answers 401 (a body that is a stream is not sent twice)."""
+        attempts = 2 if self.tokens is not None and not _is_stream(kwargs.get("content")) else 1
+        for attempt in range(1, attempts + 1):
+            headers = dict(kwargs.pop("headers", None) or {})
+            bearer = await self._token(renew=attempt == 2)
+            if bearer:
+                headers["Authorization"] = f"Bearer {bearer}"
+            kwargs["headers"] = headers
             try:
                 async with self.client.stream(method, path, **kwargs) as response:
-                    if response.status_code == 401 and attempt == 1 and isinstance(self.client, AsyncOAuth2Client):
+                    if response.status_code == 401 and attempt < attempts:
                         continue
                     yield response
                     return
             except httpx.HTTPError as exc:
                 raise self._failure(exc) from None
 
-    async def _ensure_token(self, renew: bool) -> None:
-        client = self.client
-        cc = self.config.client_credentials
-        if not isinstance(client, AsyncOAuth2Client) or cc is None:
-            return
+    async def _token(self, renew: bool) -> str | None:
+        """The client-credentials access token, fetched when missing, about to expire or ``renew``."""
+        tokens, cc = self.tokens, self.config.client_credentials
+        if tokens is None or cc is None:
+            return None
         async with self._token_lock:
-            if client.token and not renew:
-                return
-            extra = {"audience": cc.audience} if cc.audience else {}
-            try:
-                await client.fetch_token(cc.token_url, grant_type="client_credentials", **extra)
-            except httpx.HTTPError as exc:
-                raise self._failure(exc, "its token endpoint") from None
-            except Exception as exc:  # authlib's OAuthError: the provider refused our client
-                raise UpstreamFailed(f"upstream {self.name}: no token from its token endpoint "
-                                     f"({type(exc).__name__})") from None
+            token = tokens.token
+            if renew or not token or token.is_expired(leeway=30):
+                extra = {"audience": cc.audience} if cc.audience else {}
+                try:
+                    token = await tokens.fetch_token(cc.token_url, grant_type="client_credentials", **extra)
+                except httpx.HTTPError as exc:
+                    raise self._failure(exc, "its token endpoint") from None
+                except Exception as exc:  # authlib's OAuthError: the provider refused our client
+                    raise UpstreamFailed(f"upstream {self.name}: no token from its token endpoint "
+                                         f"({type(exc).__name__})") from None
+            return str(token["access_token"])
 
     def _failure(self, exc: httpx.HTTPError, what: str = "it") -> PacsbridgeError:
         if isinstance(exc, httpx.TimeoutException):
@@ -317,6 +324,10 @@ def _store_outcomes(name: str, body: bytes, sops: list[str]) -> list[bool | Exce
         else:
             outcomes.append(UpstreamFailed(f"upstream {name} did not report on the instance"))
     return outcomes
+
+
+def _is_stream(content: object) -> bool:
+    return content is not None and not isinstance(content, bytes | str)
 
 
 def _uid(scope: Scope) -> str:
