@@ -142,3 +142,30 @@ def test_a_stalled_pacs_is_504_in_time_and_service_recovers(proxy: Proxy) -> Non
         os.kill(proxy.pacs.pid, signal.SIGCONT)
     recovered = httpx.get(proxy.server.dicomweb + "/studies", params={"PatientID": "PAT-D"}, headers=JSON)
     assert recovered.status_code == 200 and len(recovered.json()) == 1
+
+
+def test_concurrent_moves_of_different_studies_each_get_their_own_instances(proxy: Proxy) -> None:
+    """Several C-MOVEs at once (one per study, from several clients): every instance delivered goes into
+    the cache, each move completes on its own final response, each answer holds exactly its study."""
+    import threading
+
+    studies: dict[str, set[str]] = {}
+    for p in range(4):
+        study, series = generate_uid(), generate_uid()
+        studies[study] = set()
+        for n in range(1, 4):
+            ds = instance(study, series, number=n, PatientID=f"PAT-M{p}")
+            studies[study].add(str(ds.SOPInstanceUID))
+            assert httpx.post(proxy.pacs.url + "/instances", content=to_bytes(ds)).status_code == 200
+    answers: dict[str, set[str]] = {}
+
+    def read(study: str) -> None:
+        metadata = httpx.get(f"{proxy.server.dicomweb}/studies/{study}/metadata", headers=JSON, timeout=60)
+        answers[study] = {m["00080018"]["Value"][0] for m in metadata.json()} if metadata.is_success else set()
+
+    readers = [threading.Thread(target=read, args=(study,)) for study in studies for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(timeout=120)
+    assert answers == studies

@@ -167,3 +167,25 @@ def test_every_page_sends_a_browser_without_a_session_to_sign_in_whatever_token_
             assert r.status_code == 303, (path, headers.keys(), r.status_code)
             assert r.headers["Location"].startswith("/login?next="), r.headers["Location"]
             assert "PAT-" not in r.text
+
+
+def test_upstream_roots_are_guarded_like_the_main_root(tmp_path: object) -> None:
+    """Each upstream's own DICOMweb root is walked by the same rules; no token: 401, before any upstream
+    is asked (the upstream here does not even exist)."""
+    from pathlib import Path
+
+    from pacsbridge.settings import Settings
+
+    from ..support.servers import free_port, serve
+
+    assert isinstance(tmp_path, Path)
+    settings = Settings(data_dir=tmp_path / "data", dimse={"enabled": False}, upstreams=[
+        {"name": "far", "kind": "dicomweb", "url": f"http://127.0.0.1:{free_port()}/dicom-web"}])
+    with serve(settings) as server:
+        paths = [path for path, route in walk(list(server.app.routes)) if path.startswith("/upstreams/far/dicomweb")]
+        assert len(paths) > 15
+        assert all(isinstance(route, GuardedRoute) for path, route in walk(list(server.app.routes))
+                   if path.startswith("/upstreams/"))
+        for resource in ("/studies", "/series", "/instances"):
+            answer = httpx.get(server.url + "/upstreams/far/dicomweb" + resource)
+            assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith("Bearer")

@@ -209,10 +209,11 @@ class DimseDoor:
             self._record(event, principal, "create", "C-STORE", sop_class, OUT_OF_RESOURCES)
             return _status(OUT_OF_RESOURCES, "the archive could not store the instance")
         status = int(result.failure) if result.failure else int(result.warning) if result.warning else SUCCESS
-        self._record(event, principal, "create", "C-STORE", sop_class, status, note)
-        if result.failure == FailureReason.PROCESSING_FAILURE and not result.reason:
-            return _status(UNABLE_TO_PROCESS, "the instance could not be processed")
-        return _status(status, result.reason) if status != SUCCESS else SUCCESS
+        reason = result.reason
+        if result.failure == FailureReason.PROCESSING_FAILURE and not reason:
+            status, reason = UNABLE_TO_PROCESS, "the instance could not be processed"
+        self._record(event, principal, "create", "C-STORE", sop_class, status, note)  # the status we answer
+        return _status(status, reason) if status != SUCCESS else SUCCESS
 
     def _deliver(self, event: Any, upstream: str) -> Dataset | int:
         """A supplier's C-STORE (the result of our C-MOVE): into that upstream's cache, as fetched data."""
