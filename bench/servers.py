@@ -8,6 +8,7 @@ listen on 127.0.0.1 only as far as the benchmark is concerned; every request goe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from tests.support.orthanc import orthanc
@@ -138,9 +140,15 @@ def _wait_for(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> N
 
 
 @contextlib.contextmanager
-def pacsbridge(parent: Path, env: Mapping[str, str] | None = None) -> Iterator[Target]:
-    """``pacsbridge serve`` with a fresh data folder on a free loopback port, stopped on exit."""
+def pacsbridge(parent: Path, env: Mapping[str, str] | None = None,
+               config: Mapping[str, Any] | None = None) -> Iterator[Target]:
+    """``pacsbridge serve`` with a fresh data folder on a free loopback port, stopped on exit;
+    ``config``: settings given as a config file (the environment, ``env`` included, still wins)."""
     workdir = Path(tempfile.mkdtemp(prefix="pacsbridge-bench-", dir=parent))
+    options: list[str] = []
+    if config is not None:
+        (workdir / "pacsbridge.yaml").write_text(json.dumps(config, indent=2))  # JSON is YAML
+        options = ["--config", str(workdir / "pacsbridge.yaml")]
     port = free_port()
     exe = Path(sys.executable).with_name("pacsbridge")
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PACSBRIDGE_")}
@@ -149,7 +157,8 @@ def pacsbridge(parent: Path, env: Mapping[str, str] | None = None) -> Iterator[T
     environment.update(env or {})
     with open(workdir / "pacsbridge.log", "wb") as log:
         process = subprocess.Popen(
-            [str(exe), "serve", "--data-dir", str(workdir / "data"), "--host", "127.0.0.1", "--port", str(port)],
+            [str(exe), "serve", "--data-dir", str(workdir / "data"), "--host", "127.0.0.1", "--port", str(port),
+             *options],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment, cwd=workdir,
         )
     try:

@@ -124,6 +124,15 @@ async def test_study_matching(local_archive: LocalArchive, tmp_path: Path, tag: 
         assert study not in uids(page.results)
 
 
+async def test_wildcards(archive: Archive, tmp_path: Path) -> None:
+    study, _, _ = await put(archive, tmp_path, PatientID="PID-7", PatientName="Doe^Jane", AccessionNumber="ACC-77")
+    await put(archive, tmp_path, PatientID="OTHER", PatientName="Roe^Richard", AccessionNumber="X")
+    for tag, vr, value in (("00100020", "LO", "PID-*"), ("00100010", "PN", "Doe^J*"), ("00100010", "PN", "?oe^Ja*"),
+                           ("00080050", "SH", "ACC-7?")):
+        page = await archive.search(Query(Level.STUDY, (single(tag, vr, value),)))
+        assert uids(page.results) == {study}, value
+
+
 async def test_date_and_time_ranges(archive: Archive, tmp_path: Path) -> None:
     jan, _, _ = await put(archive, tmp_path, StudyDate="20240115", StudyTime="0830")
     feb, _, _ = await put(archive, tmp_path, StudyDate="20240210", StudyTime="171500.25")

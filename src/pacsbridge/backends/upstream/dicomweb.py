@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote, urlencode
 
 import anyio
 import anyio.to_thread
@@ -109,9 +110,9 @@ class DicomwebRemote:
     async def search(self, query: Query) -> list[DicomJson]:
         if not self.capabilities.includefield:
             query = replace(query, includefields=(), include_all=False)
-        params = encode_qido(query)
-        async with self._request("GET", RESOURCES[query.level], params=params,
-                                 headers={"Accept": "application/dicom+json"}) as response:
+        # DICOM wildcards and name separators stay literal: Orthanc does not take %2A for a wildcard.
+        target = RESOURCES[query.level] + "?" + urlencode(encode_qido(query), safe="*?^,", quote_via=quote)
+        async with self._request("GET", target, headers={"Accept": "application/dicom+json"}) as response:
             if response.status_code == 204:
                 return []
             if response.status_code == 400:
@@ -134,7 +135,9 @@ class DicomwebRemote:
             path += f"/instances/{scope.sop_uid}"
         while True:
             accept = AS_STORED if self._as_stored else DEFAULT_SYNTAX
-            async with self._request("GET", path, headers={"Accept": accept}) as response:
+            # Not gzip: instances are mostly pixels, and a gzipping upstream spends seconds per study on them.
+            headers = {"Accept": accept, "Accept-Encoding": "identity"}
+            async with self._request("GET", path, headers=headers) as response:
                 if response.status_code in (400, 406) and self._as_stored:
                     log.warning("upstream %s refuses transfer-syntax=*; instances now come as it chooses", self.name)
                     self._as_stored = False

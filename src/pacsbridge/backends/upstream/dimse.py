@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,15 @@ class DimseUpstream:
             raise ValueError("max_associations must be at least 1")
 
 
+def no_delay(event: Any) -> None:
+    """TCP_NODELAY on an association's socket: pynetdicom leaves Nagle on, and Nagle with delayed ACKs
+    holds each small DIMSE message about 40 ms (a C-FIND took 54 ms instead of 21 ms)."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _Watch:
     """What one association saw, to tell a refused connection, a silent peer and an abort apart."""
 
@@ -123,6 +133,7 @@ class _Watch:
     def _opened(self, event: Any) -> None:
         self.connected = True
         self.heard = time.monotonic()
+        no_delay(event)
 
     def _received(self, event: Any) -> None:
         self.heard = time.monotonic()
