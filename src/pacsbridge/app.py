@@ -17,6 +17,7 @@ import anyio
 import anyio.to_thread
 import httpx
 from anyio.from_thread import BlockingPortal
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
@@ -113,28 +114,25 @@ def build_remote(u: UpstreamSettings, settings: Settings) -> Remote:
     caps = Capabilities(includefield=u.includefield, fuzzy_matching=u.fuzzy_matching)
     if u.kind == "dicomweb":
         assert u.url is not None
-        a = u.auth
-        secret = (lambda v: v.get_secret_value() if v is not None else "")  # noqa: E731
+        a = u.auth  # complete for its type: UpstreamSettings checks that
+
+        def secret(value: SecretStr | None) -> str:
+            return value.get_secret_value() if value is not None else ""
+
         credentials = None
         if a.type == "client_credentials":
-            if not (a.token_url and a.client_id and a.client_secret):
-                raise ValueError(f"upstream {u.name}: client_credentials needs token_url, client_id, client_secret")
+            assert a.token_url and a.client_id
             credentials = ClientCredentials(a.token_url, a.client_id, secret(a.client_secret), a.scope, a.audience)
-        if a.type == "basic" and not a.username:
-            raise ValueError(f"upstream {u.name}: basic auth needs username and password")
-        if a.type == "bearer" and a.token is None:
-            raise ValueError(f"upstream {u.name}: bearer auth needs token")
         return DicomwebRemote(u.name, DicomwebUpstream(
             url=u.url, timeout_s=u.timeout_seconds, connect_timeout_s=u.connect_timeout_seconds,
             max_connections=u.max_connections, capabilities=caps,
             basic=(a.username or "", secret(a.password)) if a.type == "basic" else None,
             bearer=secret(a.token) if a.type == "bearer" else None, client_credentials=credentials))
     assert u.ae_title and u.host and u.port
+    ours = u.calling_ae_title or settings.dimse.ae_title  # we call as, and ask C-MOVE to send to, this AE
     return DimseRemote(u.name, DimseUpstream(
-        ae_title=u.ae_title, host=u.host, port=u.port,
-        calling_ae_title=u.calling_ae_title or settings.dimse.ae_title, retrieve=u.retrieve,
-        move_destination=u.calling_ae_title or settings.dimse.ae_title, timeout_s=u.timeout_seconds,
-        max_associations=u.max_connections, capabilities=caps))
+        ae_title=u.ae_title, host=u.host, port=u.port, calling_ae_title=ours, retrieve=u.retrieve,
+        move_destination=ours, timeout_s=u.timeout_seconds, max_associations=u.max_connections, capabilities=caps))
 
 
 def build_upstream(u: UpstreamSettings, settings: Settings) -> Upstream:

@@ -153,6 +153,13 @@ class UpstreamSettings(BaseModel):
             raise ValueError(f"upstream {self.name}: kind dicomweb needs url")
         if self.kind == "dimse" and not (self.ae_title and self.host and self.port):
             raise ValueError(f"upstream {self.name}: kind dimse needs ae_title, host and port")
+        a = self.auth
+        if a.type == "client_credentials" and not (a.token_url and a.client_id and a.client_secret):
+            raise ValueError(f"upstream {self.name}: client_credentials needs token_url, client_id, client_secret")
+        if a.type == "basic" and not a.username:
+            raise ValueError(f"upstream {self.name}: basic auth needs username and password")
+        if a.type == "bearer" and a.token is None:
+            raise ValueError(f"upstream {self.name}: bearer auth needs token")
         return self
 
     def resolved_dicomweb_root(self) -> str:

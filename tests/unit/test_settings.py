@@ -61,3 +61,14 @@ def test_pynetdicom_never_logs_identifiers_even_at_debug() -> None:
     configure_logging("debug")
     assert logging.getLogger("pynetdicom").getEffectiveLevel() == logging.WARNING
     assert not logging.getLogger("pynetdicom.dimse_primitives").isEnabledFor(logging.INFO)
+
+
+@pytest.mark.parametrize(("auth", "says"), [
+    ({"type": "basic"}, "basic auth needs username"),
+    ({"type": "bearer"}, "bearer auth needs token"),
+    ({"type": "client_credentials", "client_id": "x"}, "client_credentials needs token_url"),
+])
+def test_an_upstream_auth_missing_its_credentials_is_refused_with_the_settings(auth: dict, says: str) -> None:
+    """Refused when the settings are read (so check-config says it), not when the app is built."""
+    with pytest.raises(ValueError, match=says):
+        Settings(upstreams=[{"name": "up", "kind": "dicomweb", "url": "http://127.0.0.1:1/dw", "auth": auth}])

@@ -22,7 +22,6 @@ import fcntl
 import logging
 import os
 import secrets
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +44,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from ...dimse_sockets import no_delay
 from ...domain.access import Principal
 from ...domain.audit import AccessNote, AuditEvent
 from ...domain.clock import utc_stamp
@@ -140,7 +140,7 @@ class DimseDoor:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         for model in (*FIND_MODELS, *RETRIEVE_MODELS):
             ae.add_supported_context(model)
-        handlers = [(evt.EVT_CONN_OPEN, _no_delay), (evt.EVT_REQUESTED, self._called),
+        handlers = [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_REQUESTED, self._called),
                     (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
                     (evt.EVT_C_FIND, self._find),
                     (evt.EVT_C_GET, self._get), (evt.EVT_C_MOVE, self._move)]
@@ -389,15 +389,6 @@ def one_listener(lock_path: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)  # releases the lock
-
-
-def _no_delay(event: Any) -> None:
-    """TCP_NODELAY on each accepted association: pynetdicom leaves Nagle on, which with delayed ACKs
-    holds small DIMSE messages (C-FIND answers, C-STORE responses) about 40 ms each."""
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _spool(event: Any, ingest: IngestService) -> Path:
