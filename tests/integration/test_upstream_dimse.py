@@ -5,11 +5,12 @@ silent, rejected, aborted, failure statuses), which also uses small pynetdicom S
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -130,10 +131,21 @@ class DirSpool:
         fp.close()
 
 
+OPENED: list[DimseRemote] = []  # closed after each test: a remote keeps its C-FIND associations
+
+
+@pytest.fixture(autouse=True)
+async def close_remotes() -> AsyncIterator[None]:
+    yield
+    while OPENED:
+        await OPENED.pop().close()
+
+
 def remote(peer: Peer, **options: Any) -> DimseRemote:
     settings: dict[str, Any] = {"ae_title": "UPSTREAM", "host": "127.0.0.1", "port": peer.orthanc.dicom_port,
                                 "calling_ae_title": OUR_AET, "timeout_s": 10, **options}
-    return DimseRemote("orthanc", DimseUpstream(**settings))
+    OPENED.append(DimseRemote("orthanc", DimseUpstream(**settings)))
+    return OPENED[-1]
 
 
 def values(result: DicomJson, tag: str) -> list[Any]:
@@ -211,7 +223,8 @@ async def test_limit_and_offset_cut_the_matches_and_cancel_the_rest(peer: Peer) 
 async def test_c_get_of_a_study_spools_every_instance_in_its_stored_transfer_syntax(peer: Peer,
                                                                                      tmp_path: Path) -> None:
     study = peer.studies["PB-A"]
-    paths = [p async for p in remote(peer).fetch(Scope(study), DirSpool(tmp_path))]
+    upstream = remote(peer)
+    paths = [p async for p in upstream.fetch(Scope(study), DirSpool(tmp_path))]
     assert sorted(paths) == sorted(tmp_path.iterdir())
     datasets = [pydicom.dcmread(p) for p in paths]
     assert sorted(str(ds.SOPInstanceUID) for ds in datasets) == sorted(peer.sops[study])
@@ -219,6 +232,8 @@ async def test_c_get_of_a_study_spools_every_instance_in_its_stored_transfer_syn
     assert syntaxes.pop(peer.rle_sop) == RLELossless  # not transcoded on the way
     assert set(syntaxes.values()) == {ExplicitVRLittleEndian}
     assert {str(ds.SOPClassUID) for ds in datasets} == {"1.2.840.10008.5.1.4.1.1.2", MR_IMAGE}
+    assert len(pynetdicom_threads()) == 1  # the C-FIND association, kept for the next search; C-GET's ended
+    await upstream.close()
     assert not pynetdicom_threads()
 
 
@@ -325,18 +340,29 @@ def fake_pacs() -> Iterator[tuple[int, dict[str, Any]]]:
     """A pynetdicom Study Root C-FIND SCP whose behaviour a test sets: sleep, abort or a status."""
     behaviour: dict[str, Any] = {}
 
+    behaviour["associations"] = 0
+
     def find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        sleeps = behaviour.get("sleeps")
+        if sleeps:
+            time.sleep(sleeps.pop(0))
         if "sleep" in behaviour:
             time.sleep(behaviour["sleep"])
         if behaviour.get("abort"):
             event.assoc.abort()
             return
+        if "abort_after" in behaviour:  # later, as a PACS ends an idle association
+            threading.Timer(behaviour["abort_after"], event.assoc.abort).start()
         yield behaviour.get("status", 0x0000), None
+
+    def accepted(event: Any) -> None:
+        behaviour["associations"] += 1
 
     ae = AE(ae_title="FAKE")
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, find)])
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_FIND, find), (evt.EVT_ACCEPTED, accepted)])
     try:
         yield port, behaviour
     finally:
@@ -344,7 +370,8 @@ def fake_pacs() -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def fake_remote(port: int, timeout_s: float = 5) -> DimseRemote:
-    return DimseRemote("fake", DimseUpstream("FAKE", "127.0.0.1", port, OUR_AET, timeout_s=timeout_s))
+    OPENED.append(DimseRemote("fake", DimseUpstream("FAKE", "127.0.0.1", port, OUR_AET, timeout_s=timeout_s)))
+    return OPENED[-1]
 
 
 async def test_a_c_find_without_an_answer_times_out(fake_pacs: tuple[int, dict[str, Any]]) -> None:
@@ -370,3 +397,61 @@ async def test_a_c_find_failure_status_is_upstream_failed(fake_pacs: tuple[int, 
     with pytest.raises(UpstreamFailed, match="status 0xC311"):
         await fake_remote(port).search(Query(Level.STUDY))
     assert not pynetdicom_threads()
+
+
+# --- kept C-FIND associations ------------------------------------------------------------------
+
+async def test_searches_reuse_one_association_until_closed(peer: Peer) -> None:
+    upstream = remote(peer)
+    for pid in ("PB-A", "PB-B", "PB-C"):
+        query = Query(Level.STUDY, (Match("00100020", "LO", MatchKind.SINGLE, value=pid),))
+        assert uids(await upstream.search(query)) == {peer.studies[pid]}
+    assert len(pynetdicom_threads()) == 1
+    await upstream.close()
+    assert not pynetdicom_threads()
+
+
+async def test_searches_on_one_association_count_on_the_fake(fake_pacs: tuple[int, dict[str, Any]]) -> None:
+    port, behaviour = fake_pacs
+    upstream = fake_remote(port)
+    for _ in range(3):
+        assert await upstream.search(Query(Level.STUDY)) == []
+    assert behaviour["associations"] == 1
+
+
+async def test_a_kept_association_the_pacs_ended_is_replaced(fake_pacs: tuple[int, dict[str, Any]]) -> None:
+    port, behaviour = fake_pacs
+    behaviour["abort_after"] = 0.1
+    upstream = fake_remote(port)
+    assert await upstream.search(Query(Level.STUDY)) == []
+    time.sleep(0.5)  # the fake has aborted the idle association by now
+    assert await upstream.search(Query(Level.STUDY)) == []
+    assert behaviour["associations"] == 2
+
+
+async def test_a_kept_association_ended_during_the_request_is_asked_again(
+        fake_pacs: tuple[int, dict[str, Any]]) -> None:
+    """The abort comes after the request went out and before any answer: the search is asked once more,
+    on a new association, and succeeds."""
+    port, behaviour = fake_pacs
+    behaviour["abort_after"] = 0.4
+    behaviour["sleeps"] = [0.0, 1.0]  # the second request is still being "processed" when the abort comes
+    upstream = fake_remote(port)
+    assert await upstream.search(Query(Level.STUDY)) == []
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert await upstream.search(Query(Level.STUDY)) == []
+    assert behaviour["associations"] == 2  # the first (aborted mid-request) and its replacement
+    assert time.monotonic() - started < 1.0  # not the fake's 1 s: the answer came on the new one
+
+
+async def test_identifiers_stay_out_of_pynetdicoms_log_even_at_debug(peer: Peer,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """An operator turning pynetdicom's log up to debug an association must not get patient data."""
+    caplog.set_level(logging.DEBUG, logger="pynetdicom")
+    query = Query(Level.STUDY, (Match("00100020", "LO", MatchKind.SINGLE, value="PB-A"),))
+    (result,) = await remote(peer).search(query)
+    assert values(result, "00100010") == [{"Alphabetic": "Müller^Jürgen"}]
+    logged = "\n".join(record.getMessage() for record in caplog.records if record.name.startswith("pynetdicom"))
+    assert "Find Request" in logged  # pynetdicom did log the exchange
+    assert "Müller" not in logged and "PB-A" not in logged

@@ -44,7 +44,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from ...dimse_sockets import no_delay
+from ...dimse_tuning import no_delay, quiet_identifiers
 from ...domain.access import Principal
 from ...domain.audit import AccessNote, AuditEvent
 from ...domain.clock import utc_stamp
@@ -125,6 +125,7 @@ class DimseDoor:
 
     def start(self, portal: BlockingPortal) -> None:
         self.portal = portal
+        quiet_identifiers()
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_associations = self.config.max_associations
         ae.acse_timeout = self.config.acse_timeout_s

@@ -4,14 +4,16 @@ See: PS3.4 C.4.1 (C-FIND), C.4.2 (C-MOVE), C.4.3 (C-GET), C.6.2 (Study Root), B.
 (statuses), §9.3.2.3 (C-CANCEL); PS3.7 D.3.3.4 (SCP/SCU role selection).
 
 Rules:
-1. Each call opens its own associations in worker threads (pynetdicom blocks), at most
-   ``max_associations`` at once, and releases or aborts them before it returns: nothing is held between
-   calls, and ``timeout_s`` bounds the connect, the association request and every wait for a message.
+1. Calls run in worker threads (pynetdicom blocks), at most ``max_associations`` at once, and
+   ``timeout_s`` bounds the connect, the association request and every wait for a message. C-FIND
+   associations are kept open for the next search (``kept.py``: a few, for ``KEEP_S`` at most); every
+   other call opens its own and releases or aborts it before it returns.
 2. Faults become domain errors here (remote.py rule 1): a refused connection, a rejected or aborted
    association -> UpstreamUnavailable; ``timeout_s`` of silence -> UpstreamTimeout; a failure status ->
    UpstreamFailed with the status in hex. Messages name the upstream, never patient data.
 3. C-FIND has no paging: after offset+limit matches a C-CANCEL stops the upstream, the responses still
-   in flight are drained, and the page is cut locally.
+   in flight are drained, and the page is cut locally. A kept association found closed before the
+   upstream said anything is not a fault: the search is asked again, once, on a new association.
 4. C-GET: hierarchical C-FINDs first (series, then instances) learn which SOP classes to propose, with
    our SCP role; the instances arrive on the same association, each into a sealed spool file. An SCP
    picks one transfer syntax per context (Orthanc the uncompressed one, transcoding), so each class
@@ -51,7 +53,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_context, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -60,7 +62,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.status import code_to_category
 
-from ...dimse_sockets import no_delay
+from ...dimse_tuning import no_delay, quiet_identifiers
 from ...domain.errors import InvalidInput, NotFound, UpstreamFailed, UpstreamTimeout, UpstreamUnavailable
 from ...domain.levels import REQUIRED_RETURN
 from ...domain.model import DicomJson, InstanceRecord, Level, Scope
@@ -68,6 +70,7 @@ from ...domain.query import Match, MatchKind, Query
 from ...formats.dicom_json import dataset_to_json
 from ...formats.dimse_query import find_identifier
 from ...services.ports import Spool
+from .kept import Held, Kept
 from .remote import Capabilities
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,7 @@ STORED_SYNTAXES = (JPEGLosslessSV1, JPEGBaseline8Bit, JPEG2000Lossless, JPEGLSLo
 NOT_ASKED = frozenset({"00081190"})  # RetrieveURL is DICOMweb's; the proxy builds it
 NOT_RETURNED = frozenset({"00080052", "00080054"})  # QueryRetrieveLevel, RetrieveAETitle: the exchange's
 SILENCE = 0.9  # share of timeout_s after which a lost association counts as a timeout
+KEEP_S = 15.0  # how long an idle C-FIND association is kept: below the idle timeouts PACS commonly use
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class _Watch:
         self.started = self.heard = time.monotonic()
         self.connected = False
         self.peer_aborted = False
+        self.messages = 0  # P-DATA PDUs received: DIMSE messages, never association control
 
     def handlers(self) -> list[Any]:
         return [(evt.EVT_CONN_OPEN, self._opened), (evt.EVT_PDU_RECV, self._received)]
@@ -128,6 +133,8 @@ class _Watch:
 
     def _received(self, event: Any) -> None:
         self.heard = time.monotonic()
+        if isinstance(event.pdu, P_DATA_TF):
+            self.messages += 1
         if isinstance(event.pdu, A_ABORT_RQ):
             self.peer_aborted = True
 
@@ -140,6 +147,9 @@ class DimseRemote:
         self.upstream = upstream
         self.capabilities = upstream.capabilities
         self._slots = anyio.Semaphore(upstream.max_associations)
+        self._finders = Kept(upstream.max_associations, min(KEEP_S, upstream.timeout_s / 2),
+                             functools.partial(_end, timeout_s=upstream.timeout_s))
+        quiet_identifiers()
 
     # --- Remote ------------------------------------------------------------------------------------
 
@@ -174,7 +184,8 @@ class DimseRemote:
         return await self._run(functools.partial(self._store_all, list(items)))
 
     async def close(self) -> None:
-        """Nothing to release: every call opens and ends its own associations."""
+        """Release the kept C-FIND associations."""
+        await anyio.to_thread.run_sync(self._finders.close)
 
     # --- associations ------------------------------------------------------------------------------
 
@@ -186,19 +197,48 @@ class DimseRemote:
     def _association(self, what: str, contexts: list[PresentationContext], roles: list[Any] | None = None,
                      handlers: list[Any] | None = None) -> Iterator[tuple[Association, _Watch]]:
         """An established association for ``what`` (a DIMSE service name, for messages); ended on exit."""
+        assoc, watch = self._open(what, contexts, roles, handlers)
+        try:
+            yield assoc, watch
+        finally:
+            _end(assoc, self.upstream.timeout_s)
+
+    def _open(self, what: str, contexts: list[PresentationContext], roles: list[Any] | None = None,
+              handlers: list[Any] | None = None) -> tuple[Association, _Watch]:
         upstream = self.upstream
         ae = AE(ae_title=upstream.calling_ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = upstream.timeout_s
-        ae.connection_timeout = upstream.timeout_s
+        ae.acse_timeout = ae.dimse_timeout = ae.connection_timeout = upstream.timeout_s
+        # pynetdicom's idle abort, a safety net only: later than any wait of ours, so that it never races
+        # the abort after a DIMSE timeout (pynetdicom's state machine then fails in its own thread).
+        ae.network_timeout = 2 * upstream.timeout_s
         watch = _Watch()
         assoc = ae.associate(upstream.host, upstream.port, contexts=contexts, ae_title=upstream.ae_title,
                              ext_neg=roles, evt_handlers=watch.handlers() + (handlers or []))
-        try:
-            if not assoc.is_established:
+        if not assoc.is_established:
+            try:
                 raise self._refusal(assoc, watch, what)
-            yield assoc, watch
-        finally:
-            _end(assoc, upstream.timeout_s)
+            finally:
+                _end(assoc, upstream.timeout_s)
+        return assoc, watch
+
+    def _finding(self, work: Callable[[Held], T]) -> T:
+        """``work`` on a C-FIND association: a kept one if there is one, given back after a clean end;
+        asked again on a new one when a kept one turns out closed (rule 3)."""
+        for fresh in (False, True):
+            held = None if fresh else self._finders.take()
+            if held is None:
+                held = Held(*self._open("C-FIND", [build_context(FIND)]))
+            try:
+                result = work(held)
+            except _Closed:
+                _end(held.assoc, self.upstream.timeout_s)
+                continue
+            except BaseException:
+                _end(held.assoc, self.upstream.timeout_s)
+                raise
+            self._finders.give(held)
+            return result
+        raise AssertionError("a new association is never reported as a closed kept one")
 
     def _refusal(self, assoc: Association, watch: _Watch, what: str) -> UpstreamUnavailable:
         upstream, name = self.upstream, self.name
@@ -240,25 +280,33 @@ class DimseRemote:
         return [tag for tag in dict.fromkeys(tags) if tag not in NOT_ASKED]
 
     def _search(self, identifier: Dataset, stop: int | None) -> list[DicomJson]:
-        with self._association("C-FIND", [build_context(FIND)]) as (assoc, watch):
-            return self._find(assoc, watch, identifier, stop)
+        return self._finding(lambda held: self._find(held, identifier, stop))
 
-    def _find(self, assoc: Association, watch: _Watch, identifier: Dataset, stop: int | None = None,
-              msg_id: int = 1) -> list[DicomJson]:
+    def _find(self, held: Held, identifier: Dataset, stop: int | None = None) -> list[DicomJson]:
         """The matches of one C-FIND; C-CANCEL once ``stop`` matches are in (rule 3)."""
+        assoc, watch = held.assoc, held.watch
         found: list[DicomJson] = []
         cancelled = False
         status = SUCCESS
-        for response, match in assoc.send_c_find(identifier, FIND, msg_id=msg_id):
-            status = self._status(response, watch, "C-FIND")
-            if status not in PENDING:
-                break
-            if cancelled:
-                continue
-            found.append(self._result(match))
-            if stop is not None and len(found) >= stop:
-                assoc.send_c_cancel(msg_id, query_model=FIND)
-                cancelled = True
+        msg_id, heard = held.message_id(), watch.messages
+        watch.heard = time.monotonic()  # a kept association's silence counts from this request
+        try:
+            for response, match in assoc.send_c_find(identifier, FIND, msg_id=msg_id):
+                if held.reused and "Status" not in response and held.silent_since(heard):
+                    raise _Closed
+                status = self._status(response, watch, "C-FIND")
+                if status not in PENDING:
+                    break
+                if cancelled:
+                    continue
+                found.append(self._result(match))
+                if stop is not None and len(found) >= stop:
+                    assoc.send_c_cancel(msg_id, query_model=FIND)
+                    cancelled = True
+        except RuntimeError:  # pynetdicom: "must be established": it ended between take and send
+            if held.reused and held.silent_since(heard):
+                raise _Closed from None
+            raise self._lost(watch, "C-FIND") from None
         if status in (SUCCESS, CANCELLED):
             return found
         if status == IDENTIFIER_DOES_NOT_MATCH:
@@ -280,17 +328,21 @@ class DimseRemote:
 
     def _sop_classes(self, scope: Scope) -> list[str]:
         """The SOP classes of a scope's instances, found level by level (hierarchical C-FIND)."""
-        with self._association("C-FIND", [build_context(FIND)]) as (assoc, watch):
+        def learn(held: Held) -> set[str]:
             if scope.series_uid is None:
                 series_level = find_identifier(_scope_query(Level.SERIES, scope), ("0020000E",))
-                series = [_first(r, "0020000E") for r in self._find(assoc, watch, series_level)]
+                series = [_first(r, "0020000E") for r in self._find(held, series_level)]
             else:
                 series = [scope.series_uid]
+            held.reused = False  # the association answered: a loss from here on is a fault
             classes: set[str] = set()
-            for number, series_uid in enumerate(filter(None, series), start=2):
+            for series_uid in filter(None, series):
                 query = _scope_query(Level.INSTANCE, Scope(scope.study_uid, series_uid, scope.sop_uid))
-                found = self._find(assoc, watch, find_identifier(query, ("00080016",)), msg_id=number % 0xFFFF)
+                found = self._find(held, find_identifier(query, ("00080016",)))
                 classes.update(filter(None, (_first(r, "00080016") for r in found)))
+            return classes
+
+        classes = self._finding(learn)
         if not classes:
             raise NotFound(f"upstream {self.name} holds no instances of {_scope_text(scope)}")
         if len(classes) > MAX_CONTEXTS - 1:
@@ -413,6 +465,10 @@ class DimseRemote:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+class _Closed(Exception):
+    """A kept association was closed by the upstream before it answered anything (rule 3)."""
+
 
 def _end(assoc: Association, timeout_s: float) -> None:
     """Release (or abort) an association and wait for its threads, so none outlives the call."""
