@@ -445,6 +445,21 @@ async def test_a_kept_association_ended_during_the_request_is_asked_again(
     assert time.monotonic() - started < 1.0  # not the fake's 1 s: the answer came on the new one
 
 
+
+async def test_a_c_get_of_a_series_after_the_pacs_ended_the_kept_association_is_not_a_fault(
+        fake_pacs: tuple[int, dict[str, Any]], tmp_path: Path) -> None:
+    """The SOP-class C-FIND before a C-GET of a series also starts over on a new association."""
+    port, behaviour = fake_pacs
+    behaviour["abort_after"] = 0.4
+    behaviour["sleeps"] = [0.0, 1.0]
+    upstream = fake_remote(port)
+    assert await upstream.search(Query(Level.STUDY)) == []
+    time.sleep(0.2)
+    with pytest.raises(NotFound):  # the fake holds nothing, and says so on the new association
+        async for _ in upstream.fetch(Scope(UNKNOWN_STUDY, UNKNOWN_STUDY + ".1"), DirSpool(tmp_path)):
+            pass
+    assert behaviour["associations"] == 2
+
 async def test_identifiers_stay_out_of_pynetdicoms_log_even_at_debug(peer: Peer,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """An operator turning pynetdicom's log up to debug an association must not get patient data."""

@@ -307,6 +307,7 @@ class DimseRemote:
             if held.reused and held.silent_since(heard):
                 raise _Closed from None
             raise self._lost(watch, "C-FIND") from None
+        held.reused = False  # it answered: a loss from here on is a fault, not a stale association
         if status in (SUCCESS, CANCELLED):
             return found
         if status == IDENTIFIER_DOES_NOT_MATCH:
@@ -334,7 +335,6 @@ class DimseRemote:
                 series = [_first(r, "0020000E") for r in self._find(held, series_level)]
             else:
                 series = [scope.series_uid]
-            held.reused = False  # the association answered: a loss from here on is a fault
             classes: set[str] = set()
             for series_uid in filter(None, series):
                 query = _scope_query(Level.INSTANCE, Scope(scope.study_uid, series_uid, scope.sop_uid))
