@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 
 from pacsbridge.backends.local import LocalArchive
 from pacsbridge.domain.errors import InvalidInput, NotFound
-from pacsbridge.domain.model import Level, Scope
+from pacsbridge.domain.model import InstanceRecord, Level, Scope
 from pacsbridge.domain.query import Match, MatchKind, Query
 from pacsbridge.services.ports import Archive
 
@@ -50,10 +50,18 @@ async def archive(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     await archive.close()
 
 
+async def store(archive: Archive, path: Path, record: InstanceRecord | None = None) -> bool:
+    """Store one file; True if it replaced an instance (its failure raised)."""
+    (outcome,) = await archive.store_many([(path, record or record_of(path))])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
 async def put(archive: Archive, tmp_path: Path, **kwargs: object) -> tuple[str, str, str]:
     ds = instance(**kwargs)  # type: ignore[arg-type]
     path = write(ds, tmp_path / "in")
-    await archive.store(path, record_of(path))
+    await store(archive, path)
     return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
 
 
@@ -83,7 +91,7 @@ async def test_storing_again_replaces_and_removes_the_old_file(local_archive: Lo
     ds = instance(study, series, SOPInstanceUID=sop, PatientName="Doe^Janet")
     ds.file_meta.MediaStorageSOPInstanceUID = sop
     path = write(ds, tmp_path / "again")
-    assert await local_archive.store(path, record_of(path)) is True
+    assert await store(local_archive, path) is True
     found = await local_archive.locate(Scope(study))
     assert len(found) == 1 and found[0].path != first
     assert not Path(first).exists()
@@ -259,7 +267,7 @@ async def test_counts_follow_replacements_and_deletes(local_archive: LocalArchiv
     moved = instance(study, series_b, SOPInstanceUID=sop, Modality="MR")
     moved.file_meta.MediaStorageSOPInstanceUID = sop
     path = write(moved, tmp_path / "moved")
-    await local_archive.store(path, record_of(path))
+    await store(local_archive, path)
 
     async def study_row() -> dict:
         (result,) = (await local_archive.search(Query(Level.STUDY))).results
@@ -281,7 +289,7 @@ async def test_concurrent_stores_into_one_study_keep_counts_right(local_archive:
     records = [record_of(p) for p in paths]
     async with anyio.create_task_group() as tg:
         for path, record in zip(paths, records, strict=True):
-            tg.start_soon(local_archive.store, path, record)
+            tg.start_soon(store, local_archive, path, record)
     (result,) = (await local_archive.search(Query(Level.STUDY))).results
     assert result["00201208"]["Value"] == [16] and result["00201206"]["Value"] == [1]
     (series_row,) = (await local_archive.search(Query(Level.SERIES))).results

@@ -15,12 +15,11 @@ import logging
 from collections import deque
 
 import anyio
-import anyio.to_thread
 from sqlalchemy import Engine, insert, select
 
 from ..domain.audit import AuditEvent, AuditFilter
 from .sql import schema
-from .sql.engine import holding, writer_for
+from .sql.engine import InThread
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ class SqlAuditTrail:
         self.interval_s = interval_s
         self.max_queue = max_queue
         self._queue: deque[AuditEvent] = deque()
-        self._writer = writer_for(engine)
+        self._db = InThread(engine)
         self._lock = anyio.Lock()
         self._dropped = 0
 
@@ -59,12 +58,7 @@ class SqlAuditTrail:
             if not batch:
                 return
             rows = [_row(e) for e in batch]
-
-            def write() -> None:
-                with holding(self._writer), self.engine.begin() as conn:
-                    conn.execute(insert(schema.audit_events), rows)
-
-            await anyio.to_thread.run_sync(write)
+            await self._db.write(lambda conn: conn.execute(insert(schema.audit_events), rows))
             for _ in batch:
                 self._queue.popleft()
 
@@ -85,11 +79,7 @@ class SqlAuditTrail:
             statement = statement.where(t.c.recorded_at < query.until)
         statement = statement.order_by(t.c.id.desc()).limit(query.limit).offset(query.offset)
 
-        def run() -> list[AuditEvent]:
-            with self.engine.connect() as conn:
-                return [_event(r) for r in conn.execute(statement)]
-
-        return await anyio.to_thread.run_sync(run)
+        return await self._db.read(lambda conn: [_event(r) for r in conn.execute(statement)])
 
 
 def _contains(value: str) -> str:

@@ -35,7 +35,7 @@ from ..services.ports import SearchPage
 from .blobs import BlobStore
 from .sql import counts, schema, writes
 from .sql import search as sql_search
-from .sql.engine import SqliteWriter, holding, make_engine
+from .sql.engine import holding, make_engine, writer_for
 from .sql.migrations import migrate
 
 
@@ -55,13 +55,7 @@ class LocalArchive:
     def __init__(self, engine: Engine, blobs: BlobStore) -> None:
         self.engine = engine
         self.blobs = blobs
-        database = engine.url.database if engine.dialect.name == "sqlite" else None
-        self._writer = SqliteWriter(Path(database)) if database and database != ":memory:" else None
-
-    @property
-    def writer(self) -> SqliteWriter | None:
-        """The SQLite writer lock, for other tables kept in the same database."""
-        return self._writer
+        self._writer = writer_for(engine)
 
     @classmethod
     def open(cls, url: str, root: Path, fsync: bool = True) -> LocalArchive:
@@ -73,12 +67,6 @@ class LocalArchive:
         return cls(engine, blobs)
 
     # --- store --------------------------------------------------------------------------------
-
-    async def store(self, staged: Path, record: InstanceRecord) -> bool:
-        outcome = (await self.store_many([(staged, record)]))[0]
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
 
     async def store_many(self, items: Sequence[tuple[Path, InstanceRecord]]) -> list[bool | Exception]:
         return await anyio.to_thread.run_sync(self._store_many_sync, list(items))

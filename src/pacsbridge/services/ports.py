@@ -43,16 +43,9 @@ class Spool(Protocol):
 class Archive(Protocol):
     """Where images live."""
 
-    async def store(self, staged: Path, record: InstanceRecord) -> bool:
-        """Take ownership of a staged Part 10 file and index it; True if it replaced an instance.
-
-        The file is moved into place atomically; on any error nothing of it remains indexed, and the
-        staged file is left for the caller to remove.
-        """
-        ...
-
     async def store_many(self, items: Sequence[tuple[Path, InstanceRecord]]) -> list[bool | Exception]:
-        """``store`` for several files at once (one index transaction where the archive can).
+        """Take ownership of staged Part 10 files and index them (one index transaction where the archive
+        can); each file is moved into place atomically.
 
         One outcome per item, in order: True if it replaced an instance, False if new, or the exception
         that kept it out (then nothing of it is indexed and its staged file, if still there, is the

@@ -19,14 +19,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio.to_thread
-from sqlalchemy import Column, Float, MetaData, String, Table, delete, func, select
+from sqlalchemy import Column, Connection, Float, MetaData, String, Table, delete, func, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ...domain.model import Scope
 from ..local import LocalArchive
 from ..sql import schema
-from ..sql.engine import holding
+from ..sql.engine import InThread
 
 KEEP_S = 60.0
 TOUCH_EVERY_S = 60.0
@@ -69,6 +68,7 @@ class InstanceCache:
         self.local = local
         self.policy = policy
         self.clock = clock
+        self._db = InThread(local.engine)
         self._touched: dict[str, float] = {}
 
     @classmethod
@@ -79,25 +79,16 @@ class InstanceCache:
 
     async def fetched_at(self, scope: Scope) -> float | None:
         """When the scope (or a parent) was last fetched whole; None if never (or since evicted)."""
-        def run() -> float | None:
-            with self.local.engine.connect() as conn:
-                return conn.execute(select(func.max(fetches.c.fetched_at))
-                                    .where(fetches.c.scope_key.in_(covering_keys(scope)))).scalar()
-
-        return await anyio.to_thread.run_sync(run)
+        latest = select(func.max(fetches.c.fetched_at)).where(fetches.c.scope_key.in_(covering_keys(scope)))
+        found: float | None = await self._db.read(lambda conn: conn.execute(latest).scalar())
+        return found
 
     async def mark_fetched(self, scope: Scope) -> None:
         now = self.clock()
-
-        def run() -> None:
-            values = {"scope_key": scope_key(scope), "study_uid": scope.study_uid, "fetched_at": now, "used_at": now}
-            statement = sqlite_insert(fetches).values(**values)
-            statement = statement.on_conflict_do_update(index_elements=["scope_key"],
-                                                        set_={"fetched_at": now, "used_at": now})
-            with holding(self.local.writer), self.local.engine.begin() as conn:
-                conn.execute(statement)
-
-        await anyio.to_thread.run_sync(run)
+        values = {"scope_key": scope_key(scope), "study_uid": scope.study_uid, "fetched_at": now, "used_at": now}
+        statement = sqlite_insert(fetches).values(**values).on_conflict_do_update(
+            index_elements=["scope_key"], set_={"fetched_at": now, "used_at": now})
+        await self._db.write(lambda conn: conn.execute(statement))
         self._touched[scope.study_uid] = now
 
     async def touch(self, study_uid: str) -> None:
@@ -106,19 +97,12 @@ class InstanceCache:
         if now - self._touched.get(study_uid, 0.0) < TOUCH_EVERY_S:
             return
         self._touched[study_uid] = now
-
-        def run() -> None:
-            with holding(self.local.writer), self.local.engine.begin() as conn:
-                conn.execute(fetches.update().where(fetches.c.study_uid == study_uid).values(used_at=now))
-
-        await anyio.to_thread.run_sync(run)
+        used = fetches.update().where(fetches.c.study_uid == study_uid).values(used_at=now)
+        await self._db.write(lambda conn: conn.execute(used))
 
     async def size(self) -> int:
-        def run() -> int:
-            with self.local.engine.connect() as conn:
-                return int(conn.execute(select(func.coalesce(func.sum(schema.instances.c.size), 0))).scalar_one())
-
-        return await anyio.to_thread.run_sync(run)
+        total = select(func.coalesce(func.sum(schema.instances.c.size), 0))
+        return await self._db.read(lambda conn: int(conn.execute(total).scalar_one()))
 
     async def trim(self, keep: Iterable[str] = ()) -> list[str]:
         """Evict least recently used studies until under ``max_bytes`` (rule 3); the studies evicted."""
@@ -128,23 +112,23 @@ class InstanceCache:
         kept = set(keep)
         recent = self.clock() - self.policy.keep_s
 
-        def candidates() -> list[tuple[str, int]]:
-            st, inst = schema.studies, schema.instances
-            used = (select(fetches.c.study_uid, func.max(fetches.c.used_at).label("used_at"))
-                    .group_by(fetches.c.study_uid).subquery())
-            sizes = (select(inst.c.study_uid, func.sum(inst.c.size).label("size"))
-                     .group_by(inst.c.study_uid).subquery())
-            rows = (select(st.c.study_uid, sizes.c.size, used.c.used_at)
-                    .join(sizes, sizes.c.study_uid == st.c.study_uid)
-                    .outerjoin(used, used.c.study_uid == st.c.study_uid)
-                    .order_by(func.coalesce(used.c.used_at, 0.0)))
-            with self.local.engine.connect() as conn:
-                return [(r.study_uid, int(r.size or 0)) for r in conn.execute(rows)
-                        if r.study_uid not in kept and (r.used_at or 0.0) < recent
-                        and self._touched.get(r.study_uid, 0.0) < recent]
+        st, inst = schema.studies, schema.instances
+        used = (select(fetches.c.study_uid, func.max(fetches.c.used_at).label("used_at"))
+                .group_by(fetches.c.study_uid).subquery())
+        sizes = (select(inst.c.study_uid, func.sum(inst.c.size).label("size"))
+                 .group_by(inst.c.study_uid).subquery())
+        by_use = (select(st.c.study_uid, sizes.c.size, used.c.used_at)
+                  .join(sizes, sizes.c.study_uid == st.c.study_uid)
+                  .outerjoin(used, used.c.study_uid == st.c.study_uid)
+                  .order_by(func.coalesce(used.c.used_at, 0.0)))
+
+        def candidates(conn: Connection) -> list[tuple[str, int]]:
+            return [(r.study_uid, int(r.size or 0)) for r in conn.execute(by_use)
+                    if r.study_uid not in kept and (r.used_at or 0.0) < recent
+                    and self._touched.get(r.study_uid, 0.0) < recent]
 
         evicted: list[str] = []
-        for study_uid, size in await anyio.to_thread.run_sync(candidates):
+        for study_uid, size in await self._db.read(candidates):
             if total <= self.policy.max_bytes:
                 break
             await self.evict(study_uid)
@@ -154,24 +138,15 @@ class InstanceCache:
 
     async def evict(self, study_uid: str) -> int:
         removed = await self.local.delete(Scope(study_uid))
-
-        def run() -> None:
-            with holding(self.local.writer), self.local.engine.begin() as conn:
-                conn.execute(delete(fetches).where(fetches.c.study_uid == study_uid))
-
-        await anyio.to_thread.run_sync(run)
+        await self._db.write(lambda conn: conn.execute(delete(fetches).where(fetches.c.study_uid == study_uid)))
         self._touched.pop(study_uid, None)
         return removed
 
     async def forget(self, scope: Scope) -> None:
         """Drop the fetch notes of a scope and everything under it (it changed upstream)."""
-        def run() -> None:
-            key = scope_key(scope)
-            with holding(self.local.writer), self.local.engine.begin() as conn:
-                conn.execute(delete(fetches).where((fetches.c.scope_key == key)
-                                                   | fetches.c.scope_key.startswith(key + "/")))
-
-        await anyio.to_thread.run_sync(run)
+        key = scope_key(scope)
+        under = delete(fetches).where((fetches.c.scope_key == key) | fetches.c.scope_key.startswith(key + "/"))
+        await self._db.write(lambda conn: conn.execute(under))
 
     async def close(self) -> None:
         await self.local.close()

@@ -192,12 +192,6 @@ class ProxyArchive:
 
     # --- store and the rest --------------------------------------------------------------------------
 
-    async def store(self, staged: Path, record: InstanceRecord) -> bool:
-        outcome = (await self.store_many([(staged, record)]))[0]
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
     async def store_many(self, items: Sequence[tuple[Path, InstanceRecord]]) -> list[bool | Exception]:
         outcomes = await self.remote.store_many(items)
         taken = [item for item, outcome in zip(items, outcomes, strict=True) if not isinstance(outcome, Exception)]
