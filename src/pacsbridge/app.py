@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
@@ -35,13 +36,22 @@ from .adapters.dicomweb.errors import handle_domain_error
 from .adapters.dicomweb.routes import routes as dicomweb_routes
 from .adapters.dimse.access import PeerAccess, Supplier, peer_of
 from .adapters.dimse.server import DimseConfig, DimseDoor, Route, one_listener
+from .adapters.dimse.workflow import Workflow
+from .adapters.fhir.context import FhirConfig, FhirContext
+from .adapters.fhir.routes import public_routes as fhir_public_routes
+from .adapters.fhir.routes import routes as fhir_routes
 from .adapters.http import AccessLog, CrossOriginResourcePolicy, cors_middleware, health
 from .adapters.web.console import routes as console_routes
 from .adapters.web.pages import PAGE_PREFIXES, Pages
 from .adapters.web.sign_in import routes as sign_in_routes
 from .backends.audit import SqlAuditTrail
 from .backends.blobs import BlobStore
+from .backends.fhir_client import EmrFhir
+from .backends.http_client import Auth, AuthorizedClient
 from .backends.local import LocalArchive
+from .backends.orders import SqlOrderRecords
+from .backends.outbox.jobs import JobQueue, Subscriber, enqueue
+from .backends.outbox.worker import OutboxWorker, Policy
 from .backends.records import SqlSecurityRecords
 from .backends.upstream.cache import CachePolicy, InstanceCache
 from .backends.upstream.dicomweb import ClientCredentials, DicomwebRemote, DicomwebUpstream
@@ -50,13 +60,21 @@ from .backends.upstream.proxy import ProxyArchive
 from .backends.upstream.remote import Capabilities, Remote
 from .backends.web_login import SqlWebLoginRecords
 from .domain.errors import PacsbridgeError
+from .mapping import load_folder, load_mapping
+from .services.arrivals import StudyArrivals
+from .services.fhir_resources import ResourceService
+from .services.imaging_studies import ImagingStudyService, StudyView
 from .services.ingest import IngestOptions, IngestService
 from .services.issuer import KeyRing, TokenIssuer
+from .services.orders import OrderService, OrderSettings
+from .services.patients import PatientDirectory, PatientIdentity
 from .services.ports import Archive, ClientRecord
+from .services.procedure_steps import ProcedureStepService
 from .services.retrieve import RetrieveService
 from .services.search import SearchService
 from .services.web_login import PasswordLogin, SessionBook, SessionPolicy
-from .settings import Settings, UpstreamSettings
+from .services.worklist import WorklistService
+from .settings import Settings, UpstreamAuth, UpstreamSettings
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +114,36 @@ class Services:
     audit: SqlAuditTrail
     sessions: SessionBook
     passwords: PasswordLogin
+    orders: Orders | None = None
     upstreams: dict[str, Upstream] = field(default_factory=dict)
 
     async def close(self) -> None:
+        if self.orders is not None:
+            await self.orders.close()
         for upstream in self.upstreams.values():
             await upstream.images.archive.close()
         await self.archive.close()
+
+
+@dataclass
+class Orders:
+    """The imaging order loop: FHIR door, worklist, MPPS, study arrival, notifications."""
+
+    records: SqlOrderRecords
+    orders: OrderService
+    service_requests: ResourceService
+    patients: ResourceService
+    directory: PatientDirectory
+    studies: ImagingStudyService
+    workflow: Workflow
+    arrivals: StudyArrivals
+    outbox: OutboxWorker
+    emr: EmrFhir | None = None
+
+    async def close(self) -> None:
+        await self.outbox.close()
+        if self.emr is not None:
+            await self.emr.close()
 
 
 def images_over(archive: Archive, spool: BlobStore, bulk_threshold: int) -> Images:
@@ -160,9 +202,10 @@ def build_services(settings: Settings) -> Services:
         for c in auth.clients
     ]
     upstreams = {u.name: build_upstream(u, settings) for u in settings.upstreams}
-    main = (images_over(archive, archive.blobs, settings.dicomweb.bulk_threshold) if settings.archive == "local"
-            else upstreams[settings.archive].images)
+    local = images_over(archive, archive.blobs, settings.dicomweb.bulk_threshold)
+    main = local if settings.archive == "local" else upstreams[settings.archive].images
     return Services(
+        orders=build_orders(settings, archive, main.search, local.search),
         archive=archive,
         ingest=main.ingest,
         search=main.search,
@@ -176,6 +219,68 @@ def build_services(settings: Settings) -> Services:
         sessions=SessionBook(web_records, policy),
         passwords=PasswordLogin(web_records, policy),
     )
+
+
+def auth_of(a: UpstreamAuth) -> Auth:
+    """How we authenticate to a remote, from its settings (complete for its type: settings check that)."""
+    def secret(value: SecretStr | None) -> str:
+        return value.get_secret_value() if value is not None else ""
+
+    if a.type == "basic":
+        return Auth(basic=(a.username or "", secret(a.password)))
+    if a.type == "bearer":
+        return Auth(bearer=secret(a.token))
+    if a.type == "client_credentials":
+        assert a.token_url and a.client_id
+        return Auth(client_credentials=ClientCredentials(a.token_url, a.client_id, secret(a.client_secret), a.scope,
+                                                   a.audience))
+    return Auth()
+
+
+def mappings_dir(settings: Settings) -> Path:
+    """Where the mapping files are: orders.mappings_dir, else ./mappings, else the source checkout's."""
+    if settings.orders.mappings_dir is not None:
+        return settings.orders.mappings_dir
+    here = Path.cwd() / "mappings"
+    if (here / "request-to-worklist").is_dir():
+        return here
+    return Path(__file__).resolve().parents[2] / "mappings"
+
+
+def build_orders(settings: Settings, archive: LocalArchive, search: SearchService, local_search: SearchService
+                 ) -> Orders | None:
+    """The order loop over the records database; None when the FHIR door is off."""
+    if not settings.fhir.enabled:
+        return None
+    f, o, n = settings.fhir, settings.orders, settings.notifications
+    folder = mappings_dir(settings)
+    to_worklist = load_folder(folder / "request-to-worklist")
+    if not to_worklist:
+        raise ValueError(f"no mapping file in {folder / 'request-to-worklist'}")
+    to_fhir = load_mapping(folder / "dicom-to-fhir" / "imagingstudy.yaml")
+    subscribers = [Subscriber(name=s.name, kind=s.kind, url=s.url, topics=frozenset(s.topics), auth=auth_of(s.auth),
+                              secret=s.secret.get_secret_value() if s.secret else None, timeout_s=s.timeout_seconds)
+                   for s in n.subscribers]
+    policy = Policy(lease_s=n.lease_seconds, base_s=n.retry_base_seconds, max_s=n.retry_max_seconds)
+    outbox = OutboxWorker(JobQueue(archive.engine), subscribers, policy=policy)
+    records = SqlOrderRecords(archive.engine, enqueue=lambda conn, notes: enqueue(conn, notes, subscribers),
+                              after_commit=outbox.wake)
+    emr = None
+    if f.emr_base_url:
+        emr = EmrFhir(AuthorizedClient("the EMR", f.emr_base_url, auth_of(f.emr_auth), timeout_s=f.emr_timeout_seconds))
+    identity = PatientIdentity(f.patient_identifier_system, f.issuer_of_patient_id)
+    directory = PatientDirectory(records, identity, emr)
+    orders = OrderService(records, directory, to_worklist, OrderSettings(
+        accession_system=o.accession_system, timezone=o.timezone, default_station_ae=o.default_station_ae,
+        default_modality=o.default_modality))
+    view = StudyView(timezone_offset=f.timezone_offset, accession_system=o.accession_system)
+    studies = ImagingStudyService(search, records, identity, to_fhir, view)
+    arrivals = StudyArrivals(records, local_search, ImagingStudyService(local_search, records, identity, to_fhir, view),
+                             o.stable_seconds)
+    return Orders(records=records, orders=orders, service_requests=ResourceService(records, "ServiceRequest", False),
+                  patients=ResourceService(records, "Patient"), directory=directory, studies=studies,
+                  workflow=Workflow(WorklistService(records), ProcedureStepService(records)), arrivals=arrivals,
+                  outbox=outbox, emr=emr)
 
 
 def identity_provider(settings: Settings, http: httpx.AsyncClient) -> RemoteJwks | None:
@@ -249,7 +354,8 @@ def build_dimse_door(settings: Settings, services: Services) -> DimseDoor | None
             images = u.images
             routes[u.settings.local_ae_title] = Route(images.search, images.ingest, images.retrieve)
     return DimseDoor(config, PeerAccess(peers, d.open_to_any_ae, suppliers), routes, services.audit,
-                     {name: u.delivery for name, u in services.upstreams.items()})
+                     {name: u.delivery for name, u in services.upstreams.items()},
+                     services.orders.workflow if services.orders else None)
 
 
 def _origin(url: str) -> str:
@@ -291,6 +397,17 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
             settings.resolved_issuer(), services.issuer, services.keys))
 
     dimse = build_dimse_door(settings, services)
+    fhir_mounts: list[BaseRoute] = []
+    if services.orders is not None:
+        o = services.orders
+        dicomweb_url = settings.public_url.rstrip("/") + dw.root if settings.public_url else None
+        fhir = FhirContext(orders=o.orders, service_requests=o.service_requests, patients=o.patients,
+                           directory=o.directory, studies=o.studies, config=FhirConfig(
+                               root=settings.fhir.root, public_url=settings.public_url,
+                               dicomweb_url=dicomweb_url, dicomweb_root=dw.root or "/",
+                               default_count=settings.fhir.default_count, max_count=settings.fhir.max_count))
+        public += fhir_public_routes(fhir)
+        fhir_mounts.append(Mount(settings.fhir.root, routes=fhir_routes(fhir)))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -302,6 +419,9 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
             log.warning("UNSAFE: %s is served without a token (auth.open_routes)", prefix or "/")
         async with anyio.create_task_group() as tasks, BlockingPortal() as portal, contextlib.AsyncExitStack() as door:
             tasks.start_soon(services.audit.run)
+            if services.orders is not None and door.enter_context(one_listener(settings.data_dir / "workers.lock")):
+                tasks.start_soon(services.orders.arrivals.run)  # one process handles arrivals and the outbox
+                tasks.start_soon(services.orders.outbox.run)
             if dimse is not None and door.enter_context(one_listener(settings.data_dir / "dimse.lock")):
                 await anyio.to_thread.run_sync(dimse.start, portal)
                 door.push_async_callback(anyio.to_thread.run_sync, dimse.stop)
@@ -331,6 +451,7 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
             *page_routes,
             *signed_urls.routes(signer),
             *upstream_mounts,
+            *fhir_mounts,
             Mount(dw.root, routes=dicomweb_routes(ctx)) if dw.root else Mount("", routes=dicomweb_routes(ctx)),
         ],
         middleware=middleware,

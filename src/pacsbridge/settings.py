@@ -167,6 +167,81 @@ class UpstreamSettings(BaseModel):
         return "/" + root.strip("/")
 
 
+class FhirSettings(BaseModel):
+    """The FHIR R4 door (``/fhir``): ServiceRequest, Patient, ImagingStudy, Endpoint."""
+
+    enabled: bool = Field(default=True, description="Serve the FHIR door.")
+    root: str = Field(default="/fhir", description="Where it is served.")
+    patient_identifier_system: str = Field(
+        default="urn:pacsbridge:patient-id",
+        description="The Patient.identifier system whose value is the DICOM PatientID.")
+    issuer_of_patient_id: str | None = Field(default=None, description="IssuerOfPatientID on the worklist.")
+    emr_base_url: str | None = Field(
+        default=None, description="The EMR's FHIR base, where Patients a ServiceRequest references are read.")
+    emr_auth: UpstreamAuth = Field(default_factory=UpstreamAuth, description="How we authenticate to the EMR.")
+    emr_timeout_seconds: float = Field(default=10, gt=0)
+    default_count: int = Field(default=20, ge=1, description="Search results per page without _count.")
+    max_count: int = Field(default=200, ge=1, description="Most search results per page.")
+    timezone_offset: str | None = Field(
+        default=None, pattern=r"^[+-]\d{2}:\d{2}$",
+        description="Offset (+01:00) for ImagingStudy.started when a study has no TimezoneOffsetFromUTC; "
+        "unset: started is given as a date only.")
+
+    @field_validator("root")
+    @classmethod
+    def _root_shape(cls, value: str) -> str:
+        return "/" + value.strip("/")
+
+
+class OrdersSettings(BaseModel):
+    """The imaging order loop: ServiceRequest -> worklist -> MPPS -> study arrival."""
+
+    mappings_dir: Path | None = Field(
+        default=None, description="The mapping files (request-to-worklist/, dicom-to-fhir/); default: "
+        "./mappings, else the mappings/ of the source checkout.")
+    accession_system: str = Field(default="urn:pacsbridge:accession",
+                                  description="Identifier.system of the accession numbers pacsbridge assigns.")
+    timezone: str = Field(default="UTC", description="The site's IANA time zone: worklist dates and times.")
+    default_station_ae: str | None = Field(
+        default=None, max_length=16, description="Scheduled Station AE Title when a request names no performer.")
+    default_modality: str | None = Field(default=None, max_length=16,
+                                         description="Modality when a request's codes name none.")
+    stable_seconds: float = Field(default=60, gt=0, description="A study is stable after this long without "
+                                  "a new instance, and is then linked to the request it names.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone") from None
+        return value
+
+
+class SubscriberSettings(BaseModel):
+    """Someone told of order status changes and linked studies."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    kind: Literal["webhook", "fhir"] = Field(description="webhook: POST JSON; fhir: PUT the resource to a FHIR base.")
+    url: str = Field(description="The webhook URL, or the FHIR base URL.")
+    topics: list[str] = Field(default_factory=list, description="Topics wanted; empty: all the kind handles.")
+    auth: UpstreamAuth = Field(default_factory=UpstreamAuth)
+    secret: SecretStr | None = Field(default=None, description="webhook: HMAC-SHA256 key of X-Pacsbridge-Signature.")
+    timeout_seconds: float = Field(default=10, gt=0)
+
+
+class NotificationSettings(BaseModel):
+    """Durable notifications (the outbox): retried with backoff, kept across restarts."""
+
+    subscribers: list[SubscriberSettings] = Field(default_factory=list)
+    retry_base_seconds: float = Field(default=1, gt=0, description="First retry delay; doubles per attempt.")
+    retry_max_seconds: float = Field(default=300, gt=0, description="Longest retry delay.")
+    lease_seconds: float = Field(default=60, gt=0, description="A delivery not confirmed by then is tried again.")
+
+
 class IntrospectionSettings(BaseModel):
     """RFC 7662 token introspection, for identity providers that issue opaque tokens."""
 
@@ -280,6 +355,9 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     dimse: DimseSettings = Field(default_factory=DimseSettings)
     upstreams: list[UpstreamSettings] = Field(default_factory=list, description="Archives pacsbridge fronts.")
+    fhir: FhirSettings = Field(default_factory=FhirSettings)
+    orders: OrdersSettings = Field(default_factory=OrdersSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     archive: str = Field(
         default="local", description="Where images live for the main DICOMweb root and AE title: local (the "
         "embedded archive) or the name of an upstream.")

@@ -31,6 +31,7 @@ CLIENTS = {
     "writer": ["dicomweb.read", "dicomweb.write"],
     "smart": ["system/ImagingStudy.rs"],
     "admin": ["admin"],
+    "orders": ["orders.read", "orders.write"],
 }
 
 

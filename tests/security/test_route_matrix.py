@@ -24,7 +24,9 @@ from .conftest import Closed
 PUBLIC = {"/health", "/.well-known/openid-configuration", "/.well-known/oauth-authorization-server",
           "/.well-known/smart-configuration", "/oauth/jwks", "/oauth/token",
           # signing in to the HTML pages, and their stylesheet
-          "/", "/ui", "/login", "/auth/callback", "/logout", "/ui/static/pacsbridge.css"}
+          "/", "/ui", "/login", "/auth/callback", "/logout", "/ui/static/pacsbridge.css",
+          # the FHIR door's CapabilityStatement (discovery)
+          "/fhir/metadata"}
 
 
 def walk(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, BaseRoute]]:
@@ -47,7 +49,8 @@ def test_every_route_is_guarded_or_public(closed: Closed) -> None:
 def concrete(path: str, study: object) -> str:
     return (path.replace("{study}", study.study_uid).replace("{series}", study.series_uid)  # type: ignore[attr-defined]
             .replace("{instance}", study.sop_uid).replace("{frames}", "1").replace("{frame}", "1")  # type: ignore[attr-defined]
-            .replace("{path:path}", "7FE00010"))
+            .replace("{path:path}", "7FE00010").replace("{id}", "x").replace("{vid}", "1")
+            .replace("{rest:path}", "no-such-thing"))
 
 
 def guarded(closed: Closed) -> list[tuple[str, str, GuardedRoute]]:
@@ -68,6 +71,9 @@ def call(closed: Closed, method: str, path: str, token: str | None) -> httpx.Res
     if method == "POST":
         headers["Content-Type"] = 'multipart/related; type="application/dicom"; boundary=b'
         return httpx.post(url, content=b"--b--\r\n", headers=headers)
+    if method in ("PUT", "DELETE"):
+        headers["Content-Type"] = "application/fhir+json"
+        return httpx.request(method, url, content=b"{}", headers=headers)
     return httpx.get(url, headers=headers)
 
 
@@ -109,11 +115,16 @@ def test_refused_tokens_get_401_with_the_rfc6750_challenge(any_closed: Closed) -
 
 def test_missing_scope_is_403_and_the_right_scope_passes(any_closed: Closed) -> None:
     closed = any_closed
-    token = {c: closed.token(c) for c in ("admin", "reader", "writer", "smart")}
+    token = {c: closed.token(c) for c in ("admin", "reader", "writer", "smart", "orders")}
     for method, path, route in guarded(closed):
         need = route.need.scope
-        wrong = {"admin": ["reader", "writer"], "dicomweb.write": ["reader", "admin"]}.get(need, ["admin"])
-        right = {"admin": "admin", "dicomweb.write": "writer"}.get(need, "reader")
+        if route.need.anyone:  # the FHIR door's 404/405 for paths it does not serve: any valid token
+            assert call(closed, method, path, token["reader"]).status_code in (404, 405), (method, path)
+            continue
+        wrong = {"admin": ["reader", "writer"], "dicomweb.write": ["reader", "admin"],
+                 "orders.read": ["reader", "admin"], "orders.write": ["reader", "admin"]}.get(need, ["admin"])
+        right = {"admin": "admin", "dicomweb.write": "writer", "orders.read": "orders",
+                 "orders.write": "orders"}.get(need, "reader")
         for client in wrong:
             r = call(closed, method, path, token[client])
             assert r.status_code == 403, (client, method, path, r.status_code)
@@ -132,18 +143,19 @@ def test_another_patients_context_sees_and_leaks_nothing(any_closed: Closed) -> 
     b_only = closed.mint(scope="dicomweb.read dicomweb.write", patient=closed.studies["B"].patient_id)
     a = closed.studies["A"]
     for method, path, route in guarded(closed):
-        if route.need.scope == "admin":
-            continue  # the audit trail is for admins, who have no patient context
+        if not route.need.scope.startswith("dicomweb."):
+            continue  # the audit trail and orders are for principals without patient context (403 here)
         r = call(closed, method, path, b_only)
-        assert r.status_code not in (200, 401, 403) or (method, path) in {("GET", p) for p in SEARCH_PATHS}, (
+        assert r.status_code not in (200, 401, 403) or path in SEARCH_PATHS, (
             method, path, r.status_code)
         assert a.patient_id not in r.text and a.patient_name not in r.text, (method, path)
 
 
-SEARCH_PATHS = {"/dicomweb/studies", "/dicomweb/series", "/dicomweb/instances"}
+SEARCH_PATHS = {"/dicomweb/studies", "/dicomweb/series", "/dicomweb/instances", "/fhir/ImagingStudy",
+                "/fhir/ImagingStudy/_search", "/fhir/Endpoint", "/fhir/Endpoint/_search"}
 
 
-@pytest.mark.parametrize("path", sorted(SEARCH_PATHS))
+@pytest.mark.parametrize("path", sorted(p for p in SEARCH_PATHS if p.startswith("/dicomweb")))
 def test_searches_in_patient_context_return_only_that_patient(any_closed: Closed, path: str) -> None:
     closed = any_closed
     b = closed.studies["B"]

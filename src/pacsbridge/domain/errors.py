@@ -58,3 +58,13 @@ class UpstreamFailed(UpstreamUnavailable):
 
 class MappingError(PacsbridgeError):
     """A declarative mapping file is invalid; the message names file, line and field."""
+
+
+class BusinessRule(PacsbridgeError):
+    """Well-formed, but a move the workflow forbids (a ServiceRequest status change, an MPPS update
+    after the step ended); FHIR answers 422 business-rule."""
+
+
+class PreconditionFailed(PacsbridgeError):
+    """A condition the caller set does not hold (If-Match with another version, a conditional create
+    matching several resources); HTTP 412."""

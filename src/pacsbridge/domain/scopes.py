@@ -13,6 +13,10 @@ Rules:
    (SMART Imaging Access: ``ImagingStudy.rs`` reads images).
 3. No scope string grants everything: a token saying ``*`` gets nothing for it. The operator's
    principal on routes opened in settings is marked as such (``Principal.operator``), not by a scope.
+4. One need per action: a FHIR route that creates needs ``c``, one that updates ``u``, deletes ``d``,
+   reads ``r``, searches ``s`` (SMART v2), so ``system/ServiceRequest.c`` may place orders and nothing else.
+5. ``ANY_CALLER`` is met by whoever the access middleware let in (a valid token, or an opened route); it
+   is only for answers that tell nothing beyond the public CapabilityStatement (the FHIR door's 404/405).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ DOOR_SCOPES = {
     "dicomweb.write": "STOW-RS",
     "worklist.read": "Modality Worklist queries",
     "worklist.write": "MPPS and worklist changes",
+    "orders.read": "FHIR ServiceRequest and Patient: read, version read, history and search",
+    "orders.write": "FHIR ServiceRequest and Patient: create, update and delete (the worklist follows)",
     "gdt": "the GDT file interface",
     "ecrf.read": "eCRF item links",
     "admin": "the admin API (audit trail, clients, keys)",
@@ -51,6 +57,7 @@ class Need:
     scope: str
     resource: str | None = None
     permissions: str = ""
+    anyone: bool = False  # rule 5
 
     def describe(self) -> str:
         """The scopes that would satisfy this need, for the ``scope`` of a 403's WWW-Authenticate."""
@@ -63,6 +70,19 @@ DICOMWEB_SEARCH = Need("dicomweb.read", "ImagingStudy", "s")
 DICOMWEB_READ = Need("dicomweb.read", "ImagingStudy", "r")
 DICOMWEB_WRITE = Need("dicomweb.write", "ImagingStudy", "c")
 ADMIN = Need("admin")
+
+# The FHIR door (rule 4); ImagingStudy and Endpoint use DICOMWEB_SEARCH / DICOMWEB_READ.
+ORDERS_READ = Need("orders.read", "ServiceRequest", "r")
+ORDERS_SEARCH = Need("orders.read", "ServiceRequest", "s")
+ORDERS_CREATE = Need("orders.write", "ServiceRequest", "c")
+ORDERS_UPDATE = Need("orders.write", "ServiceRequest", "u")
+ORDERS_DELETE = Need("orders.write", "ServiceRequest", "d")
+PATIENTS_READ = Need("orders.read", "Patient", "r")
+PATIENTS_SEARCH = Need("orders.read", "Patient", "s")
+PATIENTS_CREATE = Need("orders.write", "Patient", "c")
+PATIENTS_UPDATE = Need("orders.write", "Patient", "u")
+PATIENTS_DELETE = Need("orders.write", "Patient", "d")
+ANY_CALLER = Need("fhir", anyone=True)  # rule 5
 
 
 def parse_smart(scope: str) -> SmartScope | None:
@@ -95,7 +115,7 @@ class Grants:
     smart: tuple[SmartScope, ...]
 
     def allows(self, need: Need) -> bool:
-        if need.scope in self.plain:
+        if need.anyone or need.scope in self.plain:
             return True
         if need.resource is None:
             return False

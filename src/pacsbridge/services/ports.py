@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ..domain.audit import AuditEvent, AuditFilter
 from ..domain.model import DicomJson, InstanceRecord, Scope, StoredInstance
+from ..domain.orders import ImagingRequest, ScheduledStep
 from ..domain.query import Query
 
 
@@ -212,4 +213,144 @@ class AuditTrail(Protocol):
 
     async def search(self, query: AuditFilter) -> list[AuditEvent]:
         """Matching events, newest first."""
+        ...
+
+
+# --- the order loop: FHIR resources we hold, requests, steps, MPPS, links, notifications --------------
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One search-index row of a stored FHIR resource: a token (system, value), a folded string or a
+    ``Type/id`` reference (value), or a date's UTC range (low, high as ISO text)."""
+
+    param: str
+    system: str | None = None
+    value: str | None = None
+    low: str | None = None
+    high: str | None = None
+
+
+@dataclass(frozen=True)
+class ResourceVersion:
+    """One version of a FHIR resource we hold (``resource`` is None for a deletion)."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: str  # FHIR instant
+    resource: dict[str, Any] | None
+    method: str = "PUT"
+
+
+@dataclass(frozen=True)
+class ResourceWrite:
+    """A new version of one resource; ``expected`` is the version it replaces (0: it must not exist),
+    checked in the same transaction (Conflict when another writer came first)."""
+
+    version: ResourceVersion
+    expected: int
+    index: tuple[IndexEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class Notification:
+    """Something subscribers are told about (``topic``), with its JSON payload; the outbox gives each
+    subscriber's copy its own idempotency key."""
+
+    topic: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PerformedStep:
+    """An MPPS instance as the modality reported it (attributes merged over its N-SETs)."""
+
+    sop_uid: str
+    status: str  # IN PROGRESS | COMPLETED | DISCONTINUED
+    calling_ae: str | None
+    sps_ids: tuple[str, ...]
+    attributes: DicomJson
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class StudyLink:
+    """A study linked to the request it answers; ``status`` says how (``reference``: the study names
+    the request's step, accession number or study UID)."""
+
+    study_uid: str
+    request_id: str
+    status: str
+    linked_at: str
+    confidence: float | None = None
+    differences: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class OrderChange:
+    """Everything one use-case step changes, committed in one transaction with its notifications."""
+
+    resources: tuple[ResourceWrite, ...] = ()
+    request: ImagingRequest | None = None  # upserted with its steps
+    performed: PerformedStep | None = None
+    link: StudyLink | None = None
+    arrival: tuple[str, str] | None = None  # (study UID, the studies.updated_at handled)
+    notifications: tuple[Notification, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorklistFilter:
+    """The SQL pre-selection of a worklist query (exact matching is done on the items afterwards)."""
+
+    station_ae: str | None = None
+    modality: str | None = None
+    date_low: str | None = None
+    date_high: str | None = None
+    patient_id: str | None = None
+    accession_number: str | None = None
+
+
+class OrderRecords(Protocol):
+    """Our own records of the order loop (SQL, next to the index)."""
+
+    async def commit(self, change: OrderChange) -> None:
+        """Apply a change atomically: resource versions (Conflict if one's ``expected`` is stale),
+        the request and its steps, an MPPS, a link, a handled arrival, and one outbox job per
+        notification and interested subscriber."""
+        ...
+
+    async def resource(self, type_: str, id_: str, version: int | None = None) -> ResourceVersion | None:
+        """The current version (deleted ones too, with ``resource`` None), or the given version."""
+        ...
+
+    async def history(self, type_: str, id_: str) -> list[ResourceVersion]:
+        """Every version, newest first."""
+        ...
+
+    async def find_resources(self, type_: str, where: Sequence[Any], sort: Sequence[tuple[str, bool]],
+                             offset: int, count: int) -> tuple[list[ResourceVersion], int]:
+        """A page of current resources matching every criterion (``formats.fhir_search.Criterion``)
+        and the total number of matches."""
+        ...
+
+    async def request(self, request_id: str) -> ImagingRequest | None: ...
+
+    async def requests_for(self, *, sps_ids: Sequence[str] = (), accession_numbers: Sequence[str] = (),
+                           study_uids: Sequence[str] = ()) -> list[ImagingRequest]:
+        """The requests having any of these steps, accession numbers or study UIDs."""
+        ...
+
+    async def worklist(self, where: WorklistFilter) -> list[tuple[ImagingRequest, ScheduledStep]]:
+        """Open steps (scheduled or in progress) of active requests passing the pre-selection."""
+        ...
+
+    async def performed(self, sop_uid: str) -> PerformedStep | None: ...
+
+    async def links(self, *, study_uid: str | None = None, request_id: str | None = None) -> list[StudyLink]: ...
+
+    async def settled_studies(self, quiet_since: str, limit: int) -> list[tuple[str, str]]:
+        """(study UID, updated_at) of studies unchanged since ``quiet_since`` and not handled at that
+        updated_at yet, oldest first."""
         ...

@@ -13,6 +13,8 @@ STATUS: dict[type[errors.PacsbridgeError], int] = {
     errors.NotFound: 404,
     errors.Unsupported: 406,
     errors.Conflict: 409,
+    errors.BusinessRule: 409,
+    errors.PreconditionFailed: 412,
     errors.TooLarge: 413,
     errors.UpstreamFailed: 502,
     errors.UpstreamUnavailable: 503,

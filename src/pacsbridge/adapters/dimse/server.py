@@ -34,6 +34,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -61,6 +63,7 @@ from ...services.retrieve import RetrieveService
 from ...services.search import PATIENT_ID, SearchService
 from .access import PeerAccess
 from .errors import IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, status_for
+from .workflow import Workflow, find_worklist, mpps_create, mpps_set
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,10 +109,11 @@ class DimseDoor:
     """The SCP; ``start`` it with a portal into the app's event loop, ``stop`` it at shutdown."""
 
     def __init__(self, config: DimseConfig, access: PeerAccess, routes: dict[str, Route], trail: AuditTrail,
-                 deliveries: dict[str, IngestService] | None = None) -> None:
+                 deliveries: dict[str, IngestService] | None = None, workflow: Workflow | None = None) -> None:
         """``routes`` by called AE title (``config.ae_title`` among them); ``deliveries`` by upstream name:
-        where a supplier's C-STOREs go (its cache)."""
+        where a supplier's C-STOREs go (its cache); ``workflow``: the worklist and MPPS (None: not offered)."""
         self.config = config
+        self.workflow = workflow
         self.access = access
         self.routes = {title.strip(): route for title, route in routes.items()}
         self.deliveries = deliveries or {}
@@ -145,6 +149,10 @@ class DimseDoor:
                     (evt.EVT_C_ECHO, self._echo), (evt.EVT_C_STORE, self._store),
                     (evt.EVT_C_FIND, self._find),
                     (evt.EVT_C_GET, self._get), (evt.EVT_C_MOVE, self._move)]
+        if self.workflow is not None:
+            ae.add_supported_context(ModalityWorklistInformationFind)
+            ae.add_supported_context(ModalityPerformedProcedureStep)
+            handlers += [(evt.EVT_N_CREATE, self._n_create), (evt.EVT_N_SET, self._n_set)]
         self.server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
         log.info("DIMSE SCP %s listening on %s:%d", self.config.ae_title, self.config.host, self.port)
 
@@ -234,6 +242,10 @@ class DimseDoor:
 
     def _find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         principal = self._principal(event)
+        if str(event.request.AffectedSOPClassUID) == ModalityWorklistInformationFind and self.workflow is not None:
+            yield from find_worklist(event, self.workflow, principal, self._call, self._record,
+                                     self.config.max_find_results)
+            return
         model = FIND_MODELS.get(str(event.request.AffectedSOPClassUID), "C-FIND")
         if principal is None or not principal.allows(DICOMWEB_SEARCH):
             self._record(event, principal, "search", "C-FIND", model, NOT_AUTHORIZED)
@@ -277,6 +289,16 @@ class DimseDoor:
         self._record(event, principal, "search", "C-FIND", model, SUCCESS, note)
         yield SUCCESS, None
 
+
+    def _n_create(self, event: Any) -> tuple[Dataset | int, Dataset | None]:
+        if self.workflow is None or str(event.request.AffectedSOPClassUID) != ModalityPerformedProcedureStep:
+            return _status(0x0122, "SOP class not supported"), None
+        return mpps_create(event, self.workflow, self._principal(event), self._call, self._record)
+
+    def _n_set(self, event: Any) -> tuple[Dataset | int, Dataset | None]:
+        if self.workflow is None or str(event.request.RequestedSOPClassUID) != ModalityPerformedProcedureStep:
+            return _status(0x0122, "SOP class not supported"), None
+        return mpps_set(event, self.workflow, self._principal(event), self._call, self._record)
 
     # --- C-GET and C-MOVE ---------------------------------------------------------------------------
 

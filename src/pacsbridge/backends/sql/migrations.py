@@ -172,7 +172,86 @@ def _web_login_v5(conn: Connection) -> None:
     v5.create_all(conn)
 
 
-MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4, _web_login_v5)
+def _orders_v6(conn: Connection) -> None:
+    """The order loop: FHIR resources we hold (versioned, with a search index), imaging requests and
+    their steps, MPPS, study links, stable-study bookkeeping and the outbox of notification jobs."""
+    v6 = MetaData()
+    Table(
+        "fhir_resources", v6,
+        Column("type", String(64), primary_key=True), Column("id", String(64), primary_key=True),
+        Column("version", Integer, nullable=False), Column("last_updated", String(32), nullable=False),
+        Column("deleted", Integer, nullable=False, server_default="0"), Column("resource", Text),
+    )
+    Table(
+        "fhir_history", v6,
+        Column("type", String(64), primary_key=True), Column("id", String(64), primary_key=True),
+        Column("version", Integer, primary_key=True), Column("last_updated", String(32), nullable=False),
+        Column("method", String(8), nullable=False), Column("resource", Text),
+    )
+    index = Table(
+        "fhir_search_index", v6,
+        Column("type", String(64), nullable=False), Column("id", String(64), nullable=False),
+        Column("param", String(64), nullable=False), Column("system", String(256)), Column("value", String(256)),
+        Column("low", String(32)), Column("high", String(32)),
+    )
+    Index("ix_fhir_search_value", index.c.type, index.c.param, index.c.value)
+    Index("ix_fhir_search_id", index.c.type, index.c.id)
+    requests = Table(
+        "imaging_requests", v6,
+        Column("request_id", String(64), primary_key=True), Column("status", String(32), nullable=False),
+        Column("accession_number", String(16), nullable=False, unique=True),
+        Column("requested_procedure_id", String(16), nullable=False),
+        Column("study_uid", String(64), nullable=False), Column("patient_id", String(64), nullable=False),
+        Column("attributes", Text, nullable=False), Column("updated_at", String(32), nullable=False),
+    )
+    Index("ix_requests_study", requests.c.study_uid)
+    Index("ix_requests_patient", requests.c.patient_id)
+    steps = Table(
+        "procedure_steps", v6,
+        Column("sps_id", String(16), primary_key=True),
+        Column("request_id", String(64), ForeignKey("imaging_requests.request_id", ondelete="CASCADE"),
+               nullable=False),
+        Column("position", Integer, nullable=False), Column("status", String(16), nullable=False),
+        Column("station_ae", String(16)), Column("modality", String(16)),
+        Column("start_date", String(8)), Column("start_time", String(16)), Column("item", Text, nullable=False),
+    )
+    Index("ix_steps_request", steps.c.request_id)
+    Index("ix_steps_open", steps.c.status, steps.c.start_date)
+    Table(
+        "performed_steps", v6,
+        Column("sop_uid", String(64), primary_key=True), Column("status", String(16), nullable=False),
+        Column("calling_ae", String(16)), Column("sps_ids", Text, nullable=False),
+        Column("attributes", Text, nullable=False), Column("created_at", String(32), nullable=False),
+        Column("updated_at", String(32), nullable=False),
+    )
+    links = Table(
+        "study_links", v6,
+        Column("study_uid", String(64), primary_key=True), Column("request_id", String(64), primary_key=True),
+        Column("status", String(16), nullable=False), Column("confidence", Text), Column("differences", Text),
+        Column("linked_at", String(32), nullable=False),
+    )
+    Index("ix_links_request", links.c.request_id)
+    Table(
+        "study_arrivals", v6,
+        Column("study_uid", String(64), primary_key=True), Column("seen_updated_at", String(32), nullable=False),
+        Column("handled_at", String(32), nullable=False),
+    )
+    jobs = Table(
+        "outbox_jobs", v6,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("key", String(64), nullable=False, unique=True), Column("subscriber", String(64), nullable=False),
+        Column("topic", String(64), nullable=False), Column("payload", Text, nullable=False),
+        Column("state", String(16), nullable=False), Column("attempts", Integer, nullable=False, server_default="0"),
+        Column("next_attempt_at", Integer, nullable=False),
+        Column("locked_until", Integer, nullable=False, server_default="0"),
+        Column("last_error", Text), Column("created_at", String(32), nullable=False), Column("done_at", String(32)),
+    )
+    Index("ix_outbox_due", jobs.c.state, jobs.c.subscriber, jobs.c.id)
+    v6.create_all(conn)
+    conn.execute(text("CREATE INDEX ix_studies_updated ON studies (updated_at)"))
+
+
+MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4, _web_login_v5, _orders_v6)
 
 
 def current_version(conn: Connection) -> int:

@@ -160,3 +160,115 @@ web_sessions = Table(
     Column("seen_at", Integer, nullable=False),
 )
 Index("ix_web_sessions_expires", web_sessions.c.expires_at)
+
+# --- the order loop (v6): FHIR resources we hold, requests and steps, MPPS, links, jobs -----------
+
+fhir_resources = Table(
+    "fhir_resources", metadata,
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", String(32), nullable=False),
+    Column("deleted", Integer, nullable=False, server_default="0"),
+    Column("resource", Text),  # JSON of the current version; NULL once deleted
+)
+
+fhir_history = Table(
+    "fhir_history", metadata,
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("last_updated", String(32), nullable=False),
+    Column("method", String(8), nullable=False),  # POST | PUT | DELETE
+    Column("resource", Text),
+)
+
+fhir_search_index = Table(
+    "fhir_search_index", metadata,
+    Column("type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("system", String(256)),
+    Column("value", String(256)),  # token code, folded string, "Type/id" reference
+    Column("low", String(32)),  # dates: the value's range in UTC, ISO text
+    Column("high", String(32)),
+)
+Index("ix_fhir_search_value", fhir_search_index.c.type, fhir_search_index.c.param, fhir_search_index.c.value)
+Index("ix_fhir_search_id", fhir_search_index.c.type, fhir_search_index.c.id)
+
+imaging_requests = Table(
+    "imaging_requests", metadata,
+    Column("request_id", String(64), primary_key=True),  # the ServiceRequest's id
+    Column("status", String(32), nullable=False),
+    Column("accession_number", String(16), nullable=False, unique=True),
+    Column("requested_procedure_id", String(16), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("attributes", Text, nullable=False),  # DICOM JSON above the SPS sequence
+    Column("updated_at", String(32), nullable=False),
+)
+Index("ix_requests_study", imaging_requests.c.study_uid)
+Index("ix_requests_patient", imaging_requests.c.patient_id)
+
+procedure_steps = Table(
+    "procedure_steps", metadata,
+    Column("sps_id", String(16), primary_key=True),
+    Column("request_id", String(64), ForeignKey("imaging_requests.request_id", ondelete="CASCADE"),
+           nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("station_ae", String(16)),
+    Column("modality", String(16)),
+    Column("start_date", String(8)),
+    Column("start_time", String(16)),
+    Column("item", Text, nullable=False),  # the SPS item, DICOM JSON
+)
+Index("ix_steps_request", procedure_steps.c.request_id)
+Index("ix_steps_open", procedure_steps.c.status, procedure_steps.c.start_date)
+
+performed_steps = Table(
+    "performed_steps", metadata,
+    Column("sop_uid", String(64), primary_key=True),  # the MPPS SOP Instance UID
+    Column("status", String(16), nullable=False),
+    Column("calling_ae", String(16)),
+    Column("sps_ids", Text, nullable=False),  # JSON list of the steps it reports on
+    Column("attributes", Text, nullable=False),  # DICOM JSON, merged over N-SETs
+    Column("created_at", String(32), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+)
+
+study_links = Table(
+    "study_links", metadata,
+    Column("study_uid", String(64), primary_key=True),
+    Column("request_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),  # reference | manual | auto-certain | auto-unsure
+    Column("confidence", Text),  # a number in [0, 1] as text; NULL for links by reference
+    Column("differences", Text),  # JSON list
+    Column("linked_at", String(32), nullable=False),
+)
+Index("ix_links_request", study_links.c.request_id)
+
+study_arrivals = Table(
+    "study_arrivals", metadata,
+    Column("study_uid", String(64), primary_key=True),
+    Column("seen_updated_at", String(32), nullable=False),  # studies.updated_at when it was last handled
+    Column("handled_at", String(32), nullable=False),
+)
+
+outbox_jobs = Table(
+    "outbox_jobs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(64), nullable=False, unique=True),  # the idempotency key subscribers see
+    Column("subscriber", String(64), nullable=False),
+    Column("topic", String(64), nullable=False),
+    Column("payload", Text, nullable=False),  # JSON
+    Column("state", String(16), nullable=False),  # pending | done | failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Integer, nullable=False),  # epoch seconds
+    Column("locked_until", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("created_at", String(32), nullable=False),
+    Column("done_at", String(32)),
+)
+Index("ix_outbox_due", outbox_jobs.c.state, outbox_jobs.c.subscriber, outbox_jobs.c.id)
+Index("ix_studies_updated", studies.c.updated_at)

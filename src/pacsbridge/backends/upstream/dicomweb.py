@@ -4,13 +4,12 @@ See: PS3.18 §10.4 (WADO-RS, ``transfer-syntax=*`` to get instances as stored), 
 module), §10.6 (QIDO-RS); RFC 6749 §4.4 (client credentials).
 
 Rules:
-1. One httpx client per upstream, with its own connection limit and timeouts; authentication is basic,
-   a fixed bearer token, or a client-credentials token (kept by authlib) fetched when first needed,
-   renewed before it expires and fetched again once if the upstream answers 401.
+1. One ``AuthorizedClient`` per upstream (``backends/http_client.py``): its own connection limit and
+   timeouts; basic, bearer or client-credentials authentication; transport errors translated there.
 2. Bodies stream both ways: WADO-RS multipart is parsed as it arrives and written part by part to spool
    files; STOW-RS bodies are read from the files as they are sent.
-3. Failures are translated once (``_failure``/``_check``): unreachable 503, timed out 504, any other
-   error answer 502; 404 on a retrieve is NotFound, 400 on a search is InvalidInput.
+3. Answers are judged once (``_check``): unreachable 503, timed out 504, any other error answer 502;
+   404 on a retrieve is NotFound, 400 on a search is InvalidInput.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ import anyio
 import anyio.to_thread
 import httpx
 import orjson
-from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from ...domain.errors import (
     InvalidInput,
@@ -43,6 +41,7 @@ from ...domain.query import Query
 from ...formats.multipart import MultipartParser, MultipartWriter, PartData, PartEnd, PartStart
 from ...formats.qido import encode_qido
 from ...services.ports import Spool
+from ..http_client import Auth, AuthorizedClient, ClientCredentials  # app.py imports ClientCredentials here
 from .remote import Capabilities
 
 log = logging.getLogger(__name__)
@@ -52,15 +51,6 @@ AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 DEFAULT_SYNTAX = 'multipart/related; type="application/dicom"'
 WRITE_BUFFER = 1 << 20
 READ_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class ClientCredentials:
-    token_url: str
-    client_id: str
-    client_secret: str
-    scope: str | None = None
-    audience: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,26 +73,11 @@ class DicomwebRemote:
         self.name = name
         self.config = config
         self.capabilities = config.capabilities
-        options: dict[str, Any] = {
-            "base_url": config.url.rstrip("/"),
-            "timeout": httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            "limits": httpx.Limits(max_connections=config.max_connections,
-                                   max_keepalive_connections=config.max_connections),
-            "follow_redirects": False,
-            "transport": transport,
-        }
-        if config.basic:
-            options["auth"] = httpx.BasicAuth(*config.basic)
-        if config.bearer:
-            options["headers"] = {"Authorization": f"Bearer {config.bearer}"}
-        self.client = httpx.AsyncClient(**options)
-        cc = config.client_credentials
-        # authlib keeps the token; requests carry it as a plain header, because its auth flow rewrites a
-        # streamed (chunked) STOW body's headers into an invalid request.
-        self.tokens = None if cc is None else AsyncOAuth2Client(
-            client_id=cc.client_id, client_secret=cc.client_secret, scope=cc.scope, token_endpoint=cc.token_url,
-            grant_type="client_credentials", leeway=30, timeout=options["timeout"], follow_redirects=False)
-        self._token_lock = anyio.Lock()
+        self.http = AuthorizedClient(
+            f"upstream {name}", config.url,
+            Auth(basic=config.basic, bearer=config.bearer, client_credentials=config.client_credentials),
+            timeout_s=config.timeout_s, connect_timeout_s=config.connect_timeout_s,
+            max_connections=config.max_connections, transport=transport)
         self._as_stored = True  # ask for transfer-syntax=* until the upstream refuses it
 
     # --- the Remote port ------------------------------------------------------------------------
@@ -112,7 +87,7 @@ class DicomwebRemote:
             query = replace(query, includefields=(), include_all=False)
         # DICOM wildcards and name separators stay literal: Orthanc does not take %2A for a wildcard.
         target = RESOURCES[query.level] + "?" + urlencode(encode_qido(query), safe="*?^,", quote_via=quote)
-        async with self._request("GET", target, headers={"Accept": "application/dicom+json"}) as response:
+        async with self.http.stream("GET", target, headers={"Accept": "application/dicom+json"}) as response:
             if response.status_code == 204:
                 return []
             if response.status_code == 400:
@@ -137,7 +112,7 @@ class DicomwebRemote:
             accept = AS_STORED if self._as_stored else DEFAULT_SYNTAX
             # Not gzip: instances are mostly pixels, and a gzipping upstream spends seconds per study on them.
             headers = {"Accept": accept, "Accept-Encoding": "identity"}
-            async with self._request("GET", path, headers=headers) as response:
+            async with self.http.stream("GET", path, headers=headers) as response:
                 if response.status_code in (400, 406) and self._as_stored:
                     log.warning("upstream %s refuses transfer-syntax=*; instances now come as it chooses", self.name)
                     self._as_stored = False
@@ -160,7 +135,7 @@ class DicomwebRemote:
         writer = MultipartWriter()
         headers = {"Content-Type": writer.content_type("application/dicom"), "Accept": "application/dicom+json"}
         try:
-            async with self._request("POST", "/studies", content=_stow_body(writer, [p for p, _r in items]),
+            async with self.http.stream("POST", "/studies", content=_stow_body(writer, [p for p, _r in items]),
                                      headers=headers) as response:
                 body = await response.aread()
                 if response.status_code not in (200, 202, 409):
@@ -171,56 +146,9 @@ class DicomwebRemote:
         return _store_outcomes(self.name, body, [record.ref.sop_uid for _p, record in items])
 
     async def close(self) -> None:
-        await self.client.aclose()
-        if self.tokens is not None:
-            await self.tokens.aclose()
+        await self.http.close()
 
     # --- HTTP ---------------------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _request(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
-        """A streamed request with failures translated; a client-credentials token is fetched first, and
-        once again when the upstream answers 401 (a body that is a stream is not sent twice)."""
-        attempts = 2 if self.tokens is not None and not _is_stream(kwargs.get("content")) else 1
-        for attempt in range(1, attempts + 1):
-            headers = dict(kwargs.pop("headers", None) or {})
-            bearer = await self._token(renew=attempt == 2)
-            if bearer:
-                headers["Authorization"] = f"Bearer {bearer}"
-            kwargs["headers"] = headers
-            try:
-                async with self.client.stream(method, path, **kwargs) as response:
-                    if response.status_code == 401 and attempt < attempts:
-                        continue
-                    yield response
-                    return
-            except httpx.HTTPError as exc:
-                raise self._failure(exc) from None
-
-    async def _token(self, renew: bool) -> str | None:
-        """The client-credentials access token, fetched when missing, about to expire or ``renew``."""
-        tokens, cc = self.tokens, self.config.client_credentials
-        if tokens is None or cc is None:
-            return None
-        async with self._token_lock:
-            token = tokens.token
-            if renew or not token or token.is_expired(leeway=30):
-                extra = {"audience": cc.audience} if cc.audience else {}
-                try:
-                    token = await tokens.fetch_token(cc.token_url, grant_type="client_credentials", **extra)
-                except httpx.HTTPError as exc:
-                    raise self._failure(exc, "its token endpoint") from None
-                except Exception as exc:  # authlib's OAuthError: the provider refused our client
-                    raise UpstreamFailed(f"upstream {self.name}: no token from its token endpoint "
-                                         f"({type(exc).__name__})") from None
-            return str(token["access_token"])
-
-    def _failure(self, exc: httpx.HTTPError, what: str = "it") -> PacsbridgeError:
-        if isinstance(exc, httpx.TimeoutException):
-            return UpstreamTimeout(f"upstream {self.name} did not answer in time ({what}: {type(exc).__name__})")
-        if isinstance(exc, httpx.ConnectError):
-            return UpstreamUnavailable(f"upstream {self.name} cannot be reached ({what})")
-        return UpstreamFailed(f"upstream {self.name} broke off the exchange ({what}: {type(exc).__name__})")
 
     def _check(self, response: httpx.Response) -> None:
         status = response.status_code
@@ -327,10 +255,6 @@ def _store_outcomes(name: str, body: bytes, sops: list[str]) -> list[bool | Exce
         else:
             outcomes.append(UpstreamFailed(f"upstream {name} did not report on the instance"))
     return outcomes
-
-
-def _is_stream(content: object) -> bool:
-    return content is not None and not isinstance(content, bytes | str)
 
 
 def _uid(scope: Scope) -> str:
