@@ -68,7 +68,7 @@ from .services.ingest import IngestOptions, IngestService
 from .services.issuer import KeyRing, TokenIssuer
 from .services.orders import OrderService, OrderSettings
 from .services.patients import PatientDirectory, PatientIdentity
-from .services.ports import Archive, ClientRecord
+from .services.ports import Archive, ClientRecord, OrderChange
 from .services.procedure_steps import ProcedureStepService
 from .services.retrieve import RetrieveService
 from .services.search import SearchService
@@ -263,8 +263,13 @@ def build_orders(settings: Settings, archive: LocalArchive, search: SearchServic
                    for s in n.subscribers]
     policy = Policy(lease_s=n.lease_seconds, base_s=n.retry_base_seconds, max_s=n.retry_max_seconds)
     outbox = OutboxWorker(JobQueue(archive.engine), subscribers, policy=policy)
+
+    async def after_commit(change: OrderChange) -> None:
+        if change.notifications:
+            outbox.wake()
+
     records = SqlOrderRecords(archive.engine, enqueue=lambda conn, notes: enqueue(conn, notes, subscribers),
-                              after_commit=outbox.wake)
+                              after_commit=after_commit)
     emr = None
     if f.emr_base_url:
         emr = EmrFhir(AuthorizedClient("the EMR", f.emr_base_url, auth_of(f.emr_auth), timeout_s=f.emr_timeout_seconds))
@@ -442,7 +447,8 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
         *([Middleware(CrossOriginResourcePolicy)] if settings.cors.cross_origin_isolation else []),
         Middleware(AuditMiddleware, trail=services.audit),
         Middleware(AccessMiddleware, verifier=verifier, public=lambda: public,
-                   open_prefixes=settings.auth.open_routes, signed=signer.verify, pages=lambda: page_routes),
+                   open_prefixes=settings.auth.open_routes, signed=signer.verify, pages=lambda: page_routes,
+                   outcome_prefixes=[settings.fhir.root] if services.orders is not None else []),
     ]
     app = Starlette(
         routes=[

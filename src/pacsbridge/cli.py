@@ -120,6 +120,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_mappings(args: argparse.Namespace) -> int:
+    """Validate every mapping file as pacsbridge would load it; errors name file, line and field."""
+    from .app import mappings_dir
+    from .mapping import check_mappings
+
+    try:
+        root = args.folder or mappings_dir(_settings(args))
+    except Exception as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if not root.is_dir():
+        print(f"{root}: no such folder", file=sys.stderr)
+        return 2
+    errors = check_mappings(root)
+    for error in errors:
+        print(error, file=sys.stderr)
+    files = sorted(root.rglob("*.yaml"))
+    print(f"{len(files)} mapping file(s) in {root}: {'all valid' if not errors else f'{len(errors)} error(s)'}")
+    return 1 if errors else 0
+
+
 def _with_services(settings: Settings, work: Any) -> Any:
     """Run ``work(services)`` (a coroutine function) against the configured store, then close it."""
     import anyio
@@ -342,6 +363,11 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--host")
     check.add_argument("--port", type=int)
     check.set_defaults(func=cmd_check_config)
+
+    mappings = sub.add_parser("check-mappings", help="validate the mapping files (errors name file, line, field)")
+    common(mappings)
+    mappings.add_argument("folder", nargs="?", type=Path, help="default: orders.mappings_dir, else ./mappings")
+    mappings.set_defaults(func=cmd_check_mappings)
 
     clients = sub.add_parser("clients", help="clients of the built-in token issuer").add_subparsers(
         dest="clients_command", required=True)

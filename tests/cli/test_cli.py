@@ -250,3 +250,16 @@ def test_users_commands_and_a_page_session_shared_by_two_workers(tmp_path: Path)
     assert listed["ada"]["disabled"] is True and listed["kiosk"]["patients"] == ["PAT-7"]
     assert run("users", "remove", "kiosk", *data).returncode == 0
     assert run("users", "remove", "kiosk", *data).returncode == 1
+
+
+def test_check_mappings_accepts_the_shipped_files_and_names_file_and_line_of_a_bad_one(tmp_path: Path) -> None:
+    shipped = run("check-mappings", str(Path(__file__).resolve().parents[2] / "mappings"))
+    assert shipped.returncode == 0, shipped.stderr
+    assert "all valid" in shipped.stdout
+    bad = tmp_path / "request-to-worklist"
+    bad.mkdir()
+    (bad / "broken.yaml").write_text("name: broken\nversion: 1\nsource: fhir\ntarget: dicom\nrules:\n"
+                                     "  - target: PatientsName\n    from: subject.display\n")
+    result = run("check-mappings", str(tmp_path))
+    assert result.returncode == 1
+    assert "broken.yaml:6" in result.stderr and "PatientsName" in result.stderr, result.stderr

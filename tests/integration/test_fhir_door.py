@@ -489,6 +489,10 @@ def test_the_capability_statement_needs_no_token_and_a_search_does(closed: Runni
     search = httpx.get(closed.url + "/fhir/ServiceRequest?status=active")
     assert search.status_code == 401
     assert search.headers["www-authenticate"].startswith('Bearer realm="pacsbridge"')
+    assert outcome_of(search, 401)["issue"][0]["code"] == "login"  # every FHIR error is an OperationOutcome
+    bad = httpx.get(closed.url + "/fhir/Patient", headers={"Authorization": "Bearer not.a.jwt"})
+    assert outcome_of(bad, 401)["issue"][0]["code"] == "login" and "not.a.jwt" not in bad.text
+    assert 'error="invalid_token"' in bad.headers["www-authenticate"]
 
 
 def test_each_action_needs_its_own_scope(closed: RunningServer) -> None:
@@ -502,7 +506,9 @@ def test_each_action_needs_its_own_scope(closed: RunningServer) -> None:
     # SMART system/ServiceRequest.c places orders, and does nothing else
     assert httpx.post(f"{fhir}/ServiceRequest", json=with_contained_patient(unique("PID-")),
                       headers=placer).status_code == 201
-    assert httpx.get(url, headers=placer).status_code == 403
+    refused = httpx.get(url, headers=placer)
+    assert outcome_of(refused, 403)["issue"][0]["code"] == "forbidden"
+    assert 'error="insufficient_scope"' in refused.headers["www-authenticate"]
     assert httpx.delete(url, headers=placer).status_code == 403
     conditional = httpx.post(f"{fhir}/ServiceRequest", json=order,
                              headers={**placer, "If-None-Exist": f"_id={created.json()['id']}"})

@@ -42,3 +42,12 @@ def test_every_dicomweb_route_is_in_the_conformance_statement() -> None:
     paths = {route.path for route in routes(None)}  # type: ignore[arg-type]
     missing = [p for p in sorted(paths) if f"`{p}`" not in text]
     assert not missing, f"document these routes in docs/dicomweb.md: {missing}"
+
+
+def test_every_fhir_search_parameter_is_in_the_conformance_statement() -> None:
+    from pacsbridge.adapters.fhir.capability import DECLARED
+
+    text = (DOCS / "fhir.md").read_text()
+    missing = [f"{d.type}.{name}" for d in DECLARED for name in d.params if f"`{name}`" not in text]
+    assert not missing, f"document these FHIR search parameters in docs/fhir.md: {missing}"
+    assert all(f"`{d.type}`" in text for d in DECLARED)

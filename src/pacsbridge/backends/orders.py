@@ -14,7 +14,7 @@ Rules:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select, update
@@ -45,9 +45,9 @@ class SqlOrderRecords:
     """``OrderRecords`` over the index database (SQLite or PostgreSQL)."""
 
     def __init__(self, engine: Engine, enqueue: Enqueue | None = None,
-                 after_commit: Callable[[], None] | None = None) -> None:
+                 after_commit: Callable[[OrderChange], Awaitable[None]] | None = None) -> None:
         """``enqueue`` writes the outbox jobs of a change's notifications inside its transaction;
-        ``after_commit`` is called once a change with notifications is committed (wakes the outbox)."""
+        ``after_commit`` is awaited once a change is committed (it wakes the outbox, writes worklist files)."""
         self.engine = engine
         self._db = InThread(engine)
         self._enqueue = enqueue
@@ -74,8 +74,8 @@ class SqlOrderRecords:
             await self._db.write(work)
         except IntegrityError as exc:
             raise Conflict("another change was recorded at the same time; try again") from exc
-        if change.notifications and self._after_commit is not None:
-            self._after_commit()
+        if self._after_commit is not None:
+            await self._after_commit(change)
 
     # --- FHIR resources ---------------------------------------------------------------------------
 

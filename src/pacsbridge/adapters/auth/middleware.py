@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ...domain.access import ANONYMOUS, Principal
 from ...domain.errors import UpstreamUnavailable
 from ...domain.scopes import Need
+from ...formats.fhir_rest import Issue, operation_outcome
 from .tokens import InvalidToken, TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,12 @@ class GuardedRoute(Route):
     (``scope["state"]["audit"]``) which door, action and route template the request reached."""
 
     def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]], *, need: Need,
-                 methods: Sequence[str] = ("GET",), name: str | None = None, action: str | None = None) -> None:
+                 methods: Sequence[str] = ("GET",), name: str | None = None, action: str | None = None,
+                 refuse: Callable[[Need], Response] | None = None) -> None:
+        """``refuse`` answers a principal lacking the scope (default: RFC 6750 ``insufficient_scope``
+        with a JSON body; the FHIR door sends an OperationOutcome with the same challenge)."""
         self.need = need
+        refusal = refuse or insufficient_scope
         self.action = action or ACTIONS.get(need.permissions[:1], "read")
         door = need.scope.split(".")[0]
 
@@ -58,7 +63,7 @@ class GuardedRoute(Route):
             request.scope.setdefault("state", {})["audit"] = (
                 door, self.action, request.scope.get("root_path", "") + path)
             if not principal_of(request).allows(need):
-                return insufficient_scope(need)
+                return refusal(need)
             return await endpoint(request)
 
         super().__init__(path, guarded, methods=list(methods), name=name)
@@ -78,8 +83,10 @@ class AccessMiddleware:
 
     def __init__(self, app: ASGIApp, verifier: TokenVerifier | None, public: Callable[[], list[BaseRoute]],
                  open_prefixes: Sequence[str] = (), signed: SignedUrlVerifier | None = None,
-                 pages: Callable[[], list[BaseRoute]] = list) -> None:
+                 pages: Callable[[], list[BaseRoute]] = list, outcome_prefixes: Sequence[str] = ()) -> None:
+        """Refusals of paths under ``outcome_prefixes`` (the FHIR door) carry an OperationOutcome body."""
         self.app = app
+        self.outcome_prefixes = tuple(p.rstrip("/") for p in outcome_prefixes)
         self.verifier = verifier
         self.public = public
         self.pages = pages
@@ -92,6 +99,9 @@ class AccessMiddleware:
             return
         response, principal = await self._principal(scope)
         if response is not None:
+            path = scope["path"]
+            if any(path == p or path.startswith(p + "/") for p in self.outcome_prefixes):
+                response = as_outcome(response)
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
@@ -142,6 +152,24 @@ def _authorization(scope: Scope) -> str | None:
         if name == b"authorization":
             return str(value.decode("latin-1"))
     return None
+
+
+def as_outcome(response: Response) -> Response:
+    """The same refusal (status, WWW-Authenticate) with a FHIR OperationOutcome body."""
+    try:
+        description = json.loads(bytes(response.body)).get("error_description", "")
+    except ValueError:
+        description = ""
+    code = {401: "login", 403: "forbidden"}.get(response.status_code, "security")
+    body = operation_outcome([Issue("error", code, description or "access refused")])
+    headers = {k: v for k, v in response.headers.items() if k.lower() == "www-authenticate"}
+    return Response(json.dumps(body), status_code=response.status_code, headers=headers,
+                    media_type="application/fhir+json; charset=utf-8")
+
+
+def insufficient_scope_outcome(need: Need) -> Response:
+    """``insufficient_scope`` as the FHIR door answers it."""
+    return as_outcome(insufficient_scope(need))
 
 
 def insufficient_scope(need: Need) -> Response:

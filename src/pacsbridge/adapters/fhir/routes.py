@@ -37,7 +37,7 @@ from ...domain.scopes import (
     Need,
 )
 from ...services.fhir_index import PATIENT_PARAMS, SERVICE_REQUEST_PARAMS
-from ..auth.middleware import GuardedRoute, PublicRoute
+from ..auth.middleware import GuardedRoute, PublicRoute, insufficient_scope_outcome
 from . import resources, studies
 from .capability import DECLARED, capability_statement
 from .context import FhirContext
@@ -83,7 +83,7 @@ class FhirRoute(GuardedRoute):
 
     def __init__(self, path: str, endpoint: Handler, *, need: Need, methods: tuple[str, ...], resource_type: str,
                  interaction: str) -> None:
-        super().__init__(path, endpoint, need=need, methods=methods)
+        super().__init__(path, endpoint, need=need, methods=methods, refuse=insufficient_scope_outcome)
         self.resource_type = resource_type
         self.interaction = interaction
 
