@@ -64,3 +64,17 @@ def test_version_2_computes_counts_for_studies_stored_under_version_1(db_url: st
         series = dict(conn.execute(text("SELECT series_uid, num_instances FROM series")).all())
     assert tuple(study) == (2, 3, "CT\\SR", "1.2.840.10008.5.1.4.1.1.2\\1.2.840.10008.5.1.4.1.1.88.11")
     assert series == {"1.2.1": 2, "1.2.2": 1}
+
+
+def test_version_6_marks_studies_stored_before_it_as_handled_arrivals(db_url: str) -> None:
+    """No request existed before v6, so no older study can answer one: the first start after the upgrade
+    must not read through the whole archive looking for references."""
+    engine = make_engine(db_url)
+    migrate(engine, MIGRATIONS[:5])
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO studies (study_uid, attributes, updated_at) "
+                          "VALUES ('1.2.3', '{}', '2025-01-01T00:00:00.000000Z')"))
+    migrate(engine)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT study_uid, seen_updated_at FROM study_arrivals")).one()
+    assert tuple(row) == ("1.2.3", "2025-01-01T00:00:00.000000Z")

@@ -249,6 +249,10 @@ def _orders_v6(conn: Connection) -> None:
     Index("ix_outbox_due", jobs.c.state, jobs.c.subscriber, jobs.c.id)
     v6.create_all(conn)
     conn.execute(text("CREATE INDEX ix_studies_updated ON studies (updated_at)"))
+    # Studies stored before orders existed can name no request: handled, so the first start after the
+    # upgrade does not read through the whole archive looking for references.
+    conn.execute(text("INSERT INTO study_arrivals (study_uid, seen_updated_at, handled_at) "
+                      "SELECT study_uid, updated_at, updated_at FROM studies"))
 
 
 MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4, _web_login_v5, _orders_v6)
