@@ -8,7 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 
+from pacsbridge.backends.sql.engine import make_engine
+from pacsbridge.backends.sql.migrations import migrate
 from pacsbridge.backends.upstream.cache import CachePolicy, InstanceCache
 from pacsbridge.backends.upstream.dicomweb import DicomwebRemote, DicomwebUpstream
 from pacsbridge.backends.upstream.dimse import DimseRemote, DimseUpstream
@@ -23,6 +26,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'index.sqlite'}"
     return str(request.getfixturevalue("postgres").new_database())
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated database of either kind, for the records' contract tests."""
+    engine = make_engine(db_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

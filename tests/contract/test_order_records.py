@@ -4,15 +4,11 @@ change and its outbox jobs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine, text
 
 from pacsbridge.backends.orders import SqlOrderRecords
 from pacsbridge.backends.outbox.jobs import Subscriber, enqueue
-from pacsbridge.backends.sql.engine import make_engine
-from pacsbridge.backends.sql.migrations import migrate
 from pacsbridge.domain.errors import Conflict
 from pacsbridge.domain.orders import ImagingRequest, RequestStatus, ScheduledStep, StepStatus
 from pacsbridge.formats.fhir_search import parse_search
@@ -29,14 +25,6 @@ from pacsbridge.services.ports import (
 
 pytestmark = pytest.mark.anyio
 HOOK = Subscriber("emr", "webhook", "http://127.0.0.1:9/hook")
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -14,7 +13,6 @@ from sqlalchemy import Engine
 
 from pacsbridge.backends.outbox.jobs import Job, JobQueue, Subscriber, enqueue
 from pacsbridge.backends.sql.engine import InThread, make_engine
-from pacsbridge.backends.sql.migrations import migrate
 from pacsbridge.services.ports import Notification
 
 pytestmark = pytest.mark.anyio
@@ -30,14 +28,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from ..domain.audit import AuditEvent, AuditFilter
 from ..domain.model import DicomJson, InstanceRecord, Scope, StoredInstance
 from ..domain.orders import ImagingRequest, ScheduledStep
 from ..domain.query import Query
+from ..formats.worklist import WorklistPrefilter
 
 
 @dataclass(frozen=True)
@@ -300,16 +301,8 @@ class OrderChange:
     notifications: tuple[Notification, ...] = ()
 
 
-@dataclass(frozen=True)
-class WorklistFilter:
-    """The SQL pre-selection of a worklist query (exact matching is done on the items afterwards)."""
-
-    station_ae: str | None = None
-    modality: str | None = None
-    date_low: str | None = None
-    date_high: str | None = None
-    patient_id: str | None = None
-    accession_number: str | None = None
+WorklistFilter = WorklistPrefilter
+"""The SQL pre-selection of a worklist query (exact matching is done on the items afterwards)."""
 
 
 class OrderRecords(Protocol):

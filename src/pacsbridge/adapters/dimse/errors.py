@@ -6,6 +6,8 @@ implementation), one per cause, so that an SCU's log tells them apart; the Error
 
 from __future__ import annotations
 
+from pydicom.dataset import Dataset
+
 from ...domain import errors
 
 UNABLE_TO_PROCESS = 0xC000
@@ -27,3 +29,12 @@ def status_for(exc: errors.PacsbridgeError) -> int:
         if kind in STATUS:
             return STATUS[kind]
     return UNABLE_TO_PROCESS
+
+
+def status_dataset(code: int, comment: str = "") -> Dataset:
+    """A DIMSE status with its Error Comment (LO: at most 64 characters; never patient data)."""
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]
+    return ds

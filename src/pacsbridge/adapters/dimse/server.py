@@ -62,7 +62,7 @@ from ...services.ports import AuditTrail
 from ...services.retrieve import RetrieveService
 from ...services.search import PATIENT_ID, SearchService
 from .access import PeerAccess
-from .errors import IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, status_for
+from .errors import IDENTIFIER_DOES_NOT_MATCH, UNABLE_TO_PROCESS, status_dataset, status_for
 from .workflow import Workflow, find_worklist, mpps_create, mpps_set
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class DimseDoor:
         sop_class = str(event.request.AffectedSOPClassUID)
         if principal is None or not principal.allows(DICOMWEB_WRITE):
             self._record(event, principal, "create", "C-STORE", sop_class, NOT_AUTHORIZED)
-            return _status(NOT_AUTHORIZED, "this AE may not store here")
+            return status_dataset(NOT_AUTHORIZED, "this AE may not store here")
         ingest = self._route(event)[1].ingest
         staged = _spool(event, ingest)
         origin = Origin("c-store", str(requestor.address), principal.subject)
@@ -218,13 +218,13 @@ class DimseDoor:
         except Exception:  # the archive failed: the SCU may retry
             log.exception("C-STORE could not be stored")
             self._record(event, principal, "create", "C-STORE", sop_class, OUT_OF_RESOURCES)
-            return _status(OUT_OF_RESOURCES, "the archive could not store the instance")
+            return status_dataset(OUT_OF_RESOURCES, "the archive could not store the instance")
         status = int(result.failure) if result.failure else int(result.warning) if result.warning else SUCCESS
         reason = result.reason
         if result.failure == FailureReason.PROCESSING_FAILURE and not reason:
             status, reason = UNABLE_TO_PROCESS, "the instance could not be processed"
         self._record(event, principal, "create", "C-STORE", sop_class, status, note)  # the status we answer
-        return _status(status, reason) if status != SUCCESS else SUCCESS
+        return status_dataset(status, reason) if status != SUCCESS else SUCCESS
 
     def _deliver(self, event: Any, upstream: str) -> Dataset | int:
         """A supplier's C-STORE (the result of our C-MOVE): into that upstream's cache, as fetched data."""
@@ -235,9 +235,9 @@ class DimseDoor:
             result = self._call(lambda: ingest.store_file(staged, origin))
         except Exception:
             log.exception("upstream %s: a C-MOVE result could not be cached", upstream)
-            return _status(OUT_OF_RESOURCES, "the cache could not store the instance")
+            return status_dataset(OUT_OF_RESOURCES, "the cache could not store the instance")
         if result.failure:
-            return _status(int(result.failure), result.reason)
+            return status_dataset(int(result.failure), result.reason)
         return SUCCESS
 
     def _find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
@@ -249,14 +249,14 @@ class DimseDoor:
         model = FIND_MODELS.get(str(event.request.AffectedSOPClassUID), "C-FIND")
         if principal is None or not principal.allows(DICOMWEB_SEARCH):
             self._record(event, principal, "search", "C-FIND", model, NOT_AUTHORIZED)
-            yield _status(NOT_AUTHORIZED, "this AE may not query here"), None
+            yield status_dataset(NOT_AUTHORIZED, "this AE may not query here"), None
             return
         try:
             level, query, requested = find_query(event.identifier)
         except (InvalidInput, ValueError) as exc:
             message = exc.message if isinstance(exc, InvalidInput) else "the identifier cannot be read"
             self._record(event, principal, "search", "C-FIND", model, IDENTIFIER_DOES_NOT_MATCH)
-            yield _status(IDENTIFIER_DOES_NOT_MATCH, message), None
+            yield status_dataset(IDENTIFIER_DOES_NOT_MATCH, message), None
             return
         cap = self.config.max_find_results
         title, route = self._route(event)
@@ -271,7 +271,7 @@ class DimseDoor:
         except PacsbridgeError as exc:
             status = status_for(exc)
             self._record(event, principal, "search", "C-FIND", model, status)
-            yield _status(status, exc.message), None
+            yield status_dataset(status, exc.message), None
             return
         if level == "PATIENT":
             results = patients(results)
@@ -284,7 +284,7 @@ class DimseDoor:
             yield PENDING, find_response(result, requested, level, title)
         if too_many:
             self._record(event, principal, "search", "C-FIND", model, OUT_OF_RESOURCES, note)
-            yield _status(OUT_OF_RESOURCES, f"more than {cap} matches: narrow the query"), None
+            yield status_dataset(OUT_OF_RESOURCES, f"more than {cap} matches: narrow the query"), None
             return
         self._record(event, principal, "search", "C-FIND", model, SUCCESS, note)
         yield SUCCESS, None
@@ -292,12 +292,12 @@ class DimseDoor:
 
     def _n_create(self, event: Any) -> tuple[Dataset | int, Dataset | None]:
         if self.workflow is None or str(event.request.AffectedSOPClassUID) != ModalityPerformedProcedureStep:
-            return _status(0x0122, "SOP class not supported"), None
+            return status_dataset(0x0122, "SOP class not supported"), None
         return mpps_create(event, self.workflow, self._principal(event), self._call, self._record)
 
     def _n_set(self, event: Any) -> tuple[Dataset | int, Dataset | None]:
         if self.workflow is None or str(event.request.RequestedSOPClassUID) != ModalityPerformedProcedureStep:
-            return _status(0x0122, "SOP class not supported"), None
+            return status_dataset(0x0122, "SOP class not supported"), None
         return mpps_set(event, self.workflow, self._principal(event), self._call, self._record)
 
     # --- C-GET and C-MOVE ---------------------------------------------------------------------------
@@ -326,7 +326,7 @@ class DimseDoor:
         if isinstance(found, Refusal):
             self._record(event, principal, "read", command, model, found.status)
             yield 1  # pynetdicom's way to a final failure status: one announced sub-operation, then the status
-            yield _status(found.status, found.comment), None
+            yield status_dataset(found.status, found.comment), None
             return
         instances, note = found
         yield len(instances)
@@ -339,7 +339,7 @@ class DimseDoor:
                 ds = dcmread(stored.path)
             except Exception:  # a stored file that no longer reads: count it as a failed sub-operation
                 log.warning("%s: a stored instance cannot be read", command)
-                yield _status(UNABLE_TO_PROCESS, "a stored instance cannot be read"), None
+                yield status_dataset(UNABLE_TO_PROCESS, "a stored instance cannot be read"), None
                 continue
             yield PENDING, ds
         self._record(event, principal, "read", command, model, SUCCESS, note)
@@ -423,10 +423,3 @@ def _spool(event: Any, ingest: IngestService) -> Path:
         ingest.seal(fp)
     return staged
 
-
-def _status(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]
-    return ds

@@ -29,10 +29,9 @@ from ...formats.dicom_json import dataset_to_json
 from ...formats.mpps import PROCESSING_FAILURE, MppsError
 from ...formats.worklist import matches_item, worklist_query, worklist_response
 from ...services import audit
-from ...services.ports import WorklistFilter
 from ...services.procedure_steps import ProcedureStepService
 from ...services.worklist import WorklistService
-from .errors import IDENTIFIER_DOES_NOT_MATCH, status_for
+from .errors import IDENTIFIER_DOES_NOT_MATCH, status_dataset, status_for
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,18 +56,16 @@ def find_worklist(event: Any, workflow: Workflow, principal: Principal | None, c
     route = "Modality Worklist"
     if principal is None or not principal.allows(WORKLIST_READ):
         record(event, principal, "search", "C-FIND", route, NOT_AUTHORIZED, None)
-        yield _status(NOT_AUTHORIZED, "this AE may not query the worklist"), None
+        yield status_dataset(NOT_AUTHORIZED, "this AE may not query the worklist"), None
         return
     try:
         query = worklist_query(event.identifier)
     except (InvalidInput, ValueError) as exc:
         record(event, principal, "search", "C-FIND", route, IDENTIFIER_DOES_NOT_MATCH, None)
-        yield _status(IDENTIFIER_DOES_NOT_MATCH,
+        yield status_dataset(IDENTIFIER_DOES_NOT_MATCH,
                       exc.message if isinstance(exc, InvalidInput) else "the identifier cannot be read"), None
         return
-    p = query.prefilter
-    where = WorklistFilter(station_ae=p.station_ae, modality=p.modality, date_low=p.date_low, date_high=p.date_high,
-                           patient_id=p.patient_id, accession_number=p.accession_number)
+    where = query.prefilter
 
     async def run() -> tuple[list[dict[str, Any]], AccessNote]:
         with audit.noting() as note:
@@ -79,7 +76,7 @@ def find_worklist(event: Any, workflow: Workflow, principal: Principal | None, c
     except PacsbridgeError as exc:
         status = status_for(exc)
         record(event, principal, "search", "C-FIND", route, status, None)
-        yield _status(status, exc.message), None
+        yield status_dataset(status, exc.message), None
         return
     matched = [item for item in items if matches_item(query, item)]
     pending = 0xFF01 if query.ignored_keys else PENDING  # some optional keys were not matched (K.4.1.1.4)
@@ -96,7 +93,7 @@ def find_worklist(event: Any, workflow: Workflow, principal: Principal | None, c
         yield pending, response
     if len(matched) > max_results:
         record(event, principal, "search", "C-FIND", route, 0xA700, note)
-        yield _status(0xA700, f"more than {max_results} matches: narrow the query"), None
+        yield status_dataset(0xA700, f"more than {max_results} matches: narrow the query"), None
         return
     record(event, principal, "search", "C-FIND", route, SUCCESS, note)
     yield SUCCESS, None
@@ -108,10 +105,10 @@ def mpps_create(event: Any, workflow: Workflow, principal: Principal | None, cal
     uid = str(event.request.AffectedSOPInstanceUID or "")
     if principal is None or not principal.allows(WORKLIST_WRITE):
         record(event, principal, "create", "N-CREATE", "MPPS", NOT_AUTHORIZED, None)
-        return _status(NOT_AUTHORIZED, "this AE may not report procedure steps"), None
+        return status_dataset(NOT_AUTHORIZED, "this AE may not report procedure steps"), None
     if not uid:  # the SCU must supply it (F.7.2.1.2): we do not assign one
         record(event, principal, "create", "N-CREATE", "MPPS", 0x0106, None)
-        return _status(0x0106, "Affected SOP Instance UID is required"), None
+        return status_dataset(0x0106, "Affected SOP Instance UID is required"), None
     attributes = event.attribute_list
     data = dataset_to_json(attributes)
     calling = str(event.assoc.requestor.ae_title).strip()
@@ -126,7 +123,7 @@ def mpps_set(event: Any, workflow: Workflow, principal: Principal | None, call: 
     uid = str(event.request.RequestedSOPInstanceUID or "")
     if principal is None or not principal.allows(WORKLIST_WRITE):
         record(event, principal, "update", "N-SET", "MPPS", NOT_AUTHORIZED, None)
-        return _status(NOT_AUTHORIZED, "this AE may not report procedure steps"), None
+        return status_dataset(NOT_AUTHORIZED, "this AE may not report procedure steps"), None
     modification = event.modification_list
     data = dataset_to_json(modification)
     status = _mpps(event, principal, call, record, "N-SET", lambda: workflow.steps.update(uid, data))
@@ -144,7 +141,7 @@ def _mpps(event: Any, principal: Principal, call: Call[Any], record: Record, com
         note = call(run)
     except MppsError as exc:
         record(event, principal, "update", command, "MPPS", exc.status, None)
-        ds = _status(exc.status, exc.comment)
+        ds = status_dataset(exc.status, exc.comment)
         if exc.error_id is not None:
             ds.ErrorID = exc.error_id
         if exc.attributes:
@@ -152,18 +149,11 @@ def _mpps(event: Any, principal: Principal, call: Call[Any], record: Record, com
         return ds
     except BusinessRule as exc:
         record(event, principal, "update", command, "MPPS", PROCESSING_FAILURE, None)
-        return _status(PROCESSING_FAILURE, exc.message)
+        return status_dataset(PROCESSING_FAILURE, exc.message)
     except PacsbridgeError as exc:
         status = status_for(exc)
         record(event, principal, "update", command, "MPPS", status, None)
-        return _status(status, exc.message)
+        return status_dataset(status, exc.message)
     record(event, principal, "update", command, "MPPS", SUCCESS, note)
     return SUCCESS
 
-
-def _status(code: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]
-    return ds
