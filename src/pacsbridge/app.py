@@ -59,6 +59,7 @@ from .backends.upstream.dimse import DimseRemote, DimseUpstream
 from .backends.upstream.proxy import ProxyArchive
 from .backends.upstream.remote import Capabilities, Remote
 from .backends.web_login import SqlWebLoginRecords
+from .backends.worklist_files import WorklistFolder
 from .domain.errors import PacsbridgeError
 from .mapping import load_folder, load_mapping
 from .services.arrivals import StudyArrivals
@@ -68,7 +69,7 @@ from .services.ingest import IngestOptions, IngestService
 from .services.issuer import KeyRing, TokenIssuer
 from .services.orders import OrderService, OrderSettings
 from .services.patients import PatientDirectory, PatientIdentity
-from .services.ports import Archive, ClientRecord, OrderChange
+from .services.ports import Archive, ClientRecord, OrderChange, WorklistFilter
 from .services.procedure_steps import ProcedureStepService
 from .services.retrieve import RetrieveService
 from .services.search import SearchService
@@ -139,6 +140,13 @@ class Orders:
     arrivals: StudyArrivals
     outbox: OutboxWorker
     emr: EmrFhir | None = None
+    worklist_folder: WorklistFolder | None = None
+
+    async def sync_worklist_folder(self) -> None:
+        """Rewrite the worklist folder (``orders.worklist_folder``) from the records, at start-up."""
+        if self.worklist_folder is not None:
+            open_items = await self.records.worklist(WorklistFilter())
+            await self.worklist_folder.sync_all({r.request_id: r for r, _ in open_items}.values())
 
     async def close(self) -> None:
         await self.outbox.close()
@@ -263,10 +271,13 @@ def build_orders(settings: Settings, archive: LocalArchive, search: SearchServic
                    for s in n.subscribers]
     policy = Policy(lease_s=n.lease_seconds, base_s=n.retry_base_seconds, max_s=n.retry_max_seconds)
     outbox = OutboxWorker(JobQueue(archive.engine), subscribers, policy=policy)
+    wl_folder = WorklistFolder(o.worklist_folder, settings.storage.fsync) if o.worklist_folder else None
 
     async def after_commit(change: OrderChange) -> None:
         if change.notifications:
             outbox.wake()
+        if change.request is not None and wl_folder is not None:
+            await wl_folder.publish(change.request)  # logs and swallows its own I/O errors
 
     records = SqlOrderRecords(archive.engine, enqueue=lambda conn, notes: enqueue(conn, notes, subscribers),
                               after_commit=after_commit)
@@ -285,7 +296,7 @@ def build_orders(settings: Settings, archive: LocalArchive, search: SearchServic
     return Orders(records=records, orders=orders, service_requests=ResourceService(records, "ServiceRequest", False),
                   patients=ResourceService(records, "Patient"), directory=directory, studies=studies,
                   workflow=Workflow(WorklistService(records), ProcedureStepService(records)), arrivals=arrivals,
-                  outbox=outbox, emr=emr)
+                  outbox=outbox, emr=emr, worklist_folder=wl_folder)
 
 
 def identity_provider(settings: Settings, http: httpx.AsyncClient) -> RemoteJwks | None:
@@ -425,6 +436,7 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
         async with anyio.create_task_group() as tasks, BlockingPortal() as portal, contextlib.AsyncExitStack() as door:
             tasks.start_soon(services.audit.run)
             if services.orders is not None and door.enter_context(one_listener(settings.data_dir / "workers.lock")):
+                await services.orders.sync_worklist_folder()  # repairs what a crash or a full disk left
                 tasks.start_soon(services.orders.arrivals.run)  # one process handles arrivals and the outbox
                 tasks.start_soon(services.orders.outbox.run)
             if dimse is not None and door.enter_context(one_listener(settings.data_dir / "dimse.lock")):

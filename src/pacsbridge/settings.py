@@ -208,6 +208,9 @@ class OrdersSettings(BaseModel):
                                          description="Modality when a request's codes name none.")
     stable_seconds: float = Field(default=60, gt=0, description="A study is stable after this long without "
                                   "a new instance, and is then linked to the request it names.")
+    worklist_folder: Path | None = Field(
+        default=None, description="Also write the open worklist entries as .wl files here, for an Orthanc "
+        "ModalityWorklists plugin (Worklists.Database)")
 
     @field_validator("timezone")
     @classmethod

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,15 @@ from .servers import free_port
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+WORKLISTS_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")  # Debian package orthanc
 DICOMWEB_ROOT = "/dicom-web/"
 
 
-def missing() -> str | None:
-    """Why Orthanc cannot run here (Debian ``orthanc`` and ``orthanc-dicomweb``), or None."""
-    for path, package in ((ORTHANC, "orthanc"), (DICOMWEB_PLUGIN, "orthanc-dicomweb")):
+def missing(*plugins: Path) -> str | None:
+    """Why Orthanc cannot run here (Debian ``orthanc`` and ``orthanc-dicomweb``, and the extra
+    ``plugins``), or None."""
+    for path, package in ((ORTHANC, "orthanc"), (DICOMWEB_PLUGIN, "orthanc-dicomweb"),
+                          *((p, "orthanc") for p in plugins)):
         if not path.exists():
             return f"{path} not found (Debian package {package})"
     return None
@@ -47,13 +50,14 @@ def missing() -> str | None:
 
 def orthanc_config(workdir: Path, http_port: int, dicom_port: int, aet: str = "ORTHANC",
                    modalities: Mapping[str, tuple[str, str, int]] | None = None,
-                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON configuration of one loopback-only Orthanc; ``extra`` overrides top-level keys."""
+                   extra: Mapping[str, Any] | None = None, plugins: Sequence[Path] = ()) -> dict[str, Any]:
+    """The JSON configuration of one loopback-only Orthanc; ``plugins`` are loaded after the DICOMweb
+    plugin, ``extra`` overrides top-level keys (a plugin's section, such as ``Worklists``)."""
     config: dict[str, Any] = {
         "Name": f"pacsbridge-peer-{aet}",
         "StorageDirectory": str(workdir / "storage"),
         "IndexDirectory": str(workdir / "index"),
-        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "Plugins": [str(DICOMWEB_PLUGIN), *map(str, plugins)],
         "HttpServerEnabled": True,
         "HttpPort": http_port,
         "RemoteAccessAllowed": False,
@@ -124,17 +128,17 @@ class OrthancServer:
 
 
 def start_orthanc(*, aet: str = "ORTHANC", modalities: Mapping[str, tuple[str, str, int]] | None = None,
-                  extra_config: Mapping[str, Any] | None = None, parent: Path | None = None,
-                  keep: bool = False, timeout_s: float = 60.0) -> OrthancServer:
+                  extra_config: Mapping[str, Any] | None = None, plugins: Sequence[Path] = (),
+                  parent: Path | None = None, keep: bool = False, timeout_s: float = 60.0) -> OrthancServer:
     """Start Orthanc on free loopback ports and wait until ``/system`` answers; the caller stops it."""
-    reason = missing()
+    reason = missing(*plugins)
     if reason:
         raise RuntimeError(reason)
     workdir = Path(tempfile.mkdtemp(prefix="pacsbridge-orthanc-", dir=parent))
     http_port, dicom_port = free_port(), free_port()
     while dicom_port == http_port:
         dicom_port = free_port()
-    config = orthanc_config(workdir, http_port, dicom_port, aet, modalities, extra_config)
+    config = orthanc_config(workdir, http_port, dicom_port, aet, modalities, extra_config, plugins)
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
     env = {**os.environ, "TCP_NODELAY": "1"}

@@ -60,7 +60,7 @@ class BlobStore:
         """fsync each folder once, so that the renames into it survive a crash."""
         if self.fsync:
             for folder in set(folders):
-                _fsync(folder)
+                fsync_path(folder)
 
     def remove(self, path: Path | str) -> None:
         """Remove a file if it exists, and its folders once empty."""
@@ -100,7 +100,8 @@ class BlobStore:
         return removed
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by path (a folder: so that a rename in it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -16,7 +16,7 @@ Rules:
    still succeeds; the next change of that request, or ``sync_all`` at start-up, repairs the folder.
 4. Files are created 0640: the worklist server reads them through a shared group (a setgid folder of
    its group); patient data is not world-readable.
-5. File I/O runs in a worker thread; one lock keeps the writes of one process in commit order.
+5. File I/O and encoding run in a worker thread; one lock keeps the writes of one process in commit order.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from ..domain.errors import CorruptData
+from ..domain.errors import CorruptData, InvalidInput
 from ..domain.orders import ImagingRequest, StepStatus
 from ..formats.worklist import worklist_file, worklist_uid
 from ..services.orders import worklist_item
+from .blobs import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -55,35 +56,35 @@ class WorklistFolder:
 
     async def publish(self, request: ImagingRequest) -> None:
         """Write the files of the request's open steps and remove those of its other steps."""
-        wanted, gone = _files_of(request)
         async with self._lock:
-            await anyio.to_thread.run_sync(self._apply, wanted, gone, request.request_id)
+            await anyio.to_thread.run_sync(self._apply, request)
 
     async def sync_all(self, requests: Iterable[ImagingRequest]) -> None:
         """Make the folder hold exactly the open steps of ``requests`` (start-up): write theirs, remove
         every other ``pacsbridge-*.wl`` and any temporary file left by a crash."""
-        wanted: dict[str, bytes] = {}
-        for request in requests:
-            wanted.update(_files_of(request)[0])
         async with self._lock:
-            await anyio.to_thread.run_sync(self._sync, wanted)
+            await anyio.to_thread.run_sync(self._sync, list(requests))
 
     # --- in the worker thread ------------------------------------------------------------------------
 
-    def _apply(self, wanted: dict[str, bytes], gone: list[str], request_id: str) -> None:
+    def _apply(self, request: ImagingRequest) -> None:
+        wanted, gone = _files_of(request)  # encoding too stays off the event loop
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             for name, content in wanted.items():
                 self._write(name, content)
             removed = [self._remove(name) for name in gone]
             if self.fsync and (wanted or any(removed)):
-                _fsync_dir(self.folder)
+                fsync_path(self.folder)
         except OSError as exc:
             log.warning("worklist folder %s: the files of ServiceRequest/%s were not updated (%s: %s); "
                         "Orthanc's worklist is stale until the request changes again or pacsbridge restarts",
-                        self.folder, request_id, type(exc).__name__, exc.strerror or exc)
+                        self.folder, request.request_id, type(exc).__name__, exc.strerror or exc)
 
-    def _sync(self, wanted: dict[str, bytes]) -> None:
+    def _sync(self, requests: list[ImagingRequest]) -> None:
+        wanted: dict[str, bytes] = {}
+        for request in requests:
+            wanted.update(_files_of(request)[0])
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             for path in self.folder.iterdir():
@@ -95,7 +96,7 @@ class WorklistFolder:
                 if _content(self.folder / name) != content:
                     self._write(name, content)
             if self.fsync:
-                _fsync_dir(self.folder)
+                fsync_path(self.folder)
         except OSError as exc:
             log.warning("worklist folder %s could not be brought up to date (%s: %s)", self.folder,
                         type(exc).__name__, exc.strerror or exc)
@@ -137,7 +138,7 @@ def _files_of(request: ImagingRequest) -> tuple[dict[str, bytes], list[str]]:
                 wanted[name] = worklist_file(item)
             else:
                 gone.append(name)
-        except CorruptData as exc:
+        except (CorruptData, InvalidInput) as exc:  # the data we hold: logged by tag, never by value
             log.warning("ServiceRequest/%s: a step has no worklist file (%s)", request.request_id, exc)
     return wanted, gone
 
@@ -147,11 +148,3 @@ def _content(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
