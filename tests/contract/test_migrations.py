@@ -78,3 +78,15 @@ def test_version_6_marks_studies_stored_before_it_as_handled_arrivals(db_url: st
     with engine.connect() as conn:
         row = conn.execute(text("SELECT study_uid, seen_updated_at FROM study_arrivals")).one()
     assert tuple(row) == ("1.2.3", "2025-01-01T00:00:00.000000Z")
+
+
+def test_version_7_gives_every_link_made_before_it_its_first_history_event(db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine, MIGRATIONS[:6])
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO study_links (study_uid, request_id, status, linked_at) "
+                          "VALUES ('1.2.3', 'sr1', 'reference', '2026-01-05T10:00:00Z')"))
+    migrate(engine)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT study_uid, request_id, status, actor, at FROM study_link_events")).one()
+    assert tuple(row) == ("1.2.3", "sr1", "reference", "pacsbridge", "2026-01-05T10:00:00Z")

@@ -151,3 +151,25 @@ async def test_mpps_links_and_settled_studies(records: SqlOrderRecords, engine: 
     with engine.begin() as conn:  # a new instance: the study changes and is handled again
         conn.execute(text("UPDATE studies SET updated_at = '2026-01-05T10:06:00.000000Z' WHERE study_uid = '2.25.7'"))
     assert [s for s, _ in await records.settled_studies("2026-01-05T10:10:00.000000Z", 10)] == ["2.25.8", "2.25.7"]
+
+
+async def test_link_history_and_matching_candidates_by_blocking_key(records: SqlOrderRecords) -> None:
+    await records.commit(OrderChange(request=imaging("r1", step("A-r1-1")), request_keys=("0:P1", "1:DOE")))
+    await records.commit(OrderChange(request=imaging("r2", step("A-r2-1"), patient="P2"), request_keys=("0:P2",)))
+    await records.commit(OrderChange(request=imaging("r3", step("A-r3-1"), status=RequestStatus.REVOKED,
+                                                     patient="P1"), request_keys=("0:P1",)))
+    assert [r.request_id for r in await records.requests_by_keys(["0:P1"])] == ["r1"]  # not the revoked one
+    assert sorted(r.request_id for r in await records.requests_by_keys(["1:DOE", "0:P2"])) == ["r1", "r2"]
+    # Saving the request again with other keys replaces them; without keys leaves them.
+    await records.commit(OrderChange(request=imaging("r1", step("A-r1-1")), request_keys=("0:P9",)))
+    await records.commit(OrderChange(request=imaging("r1", step("A-r1-1"))))
+    assert await records.requests_by_keys(["0:P1", "1:DOE"]) == []
+    assert [r.request_id for r in await records.requests_by_keys(["0:P9"])] == ["r1"]
+    await records.commit(OrderChange(link=StudyLink("2.25.9", "r1", "auto-unsure", "2026-01-05T10:00:00Z",
+                                                    confidence=0.8, reason="scored 0.80")))
+    await records.commit(OrderChange(link=StudyLink("2.25.9", "r1", "manual", "2026-01-05T11:00:00Z",
+                                                    actor="dr.who", reason="confirmed")))
+    history = await records.link_history("2.25.9")
+    assert [(e.status, e.actor, e.confidence) for e in history] == [
+        ("auto-unsure", "pacsbridge", 0.8), ("manual", "dr.who", None)]
+    assert [link.status for link in await records.links(study_uid="2.25.9")] == ["manual"]

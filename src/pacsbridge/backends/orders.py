@@ -24,6 +24,7 @@ from ..domain.clock import utc_stamp
 from ..domain.errors import Conflict
 from ..domain.orders import ImagingRequest, RequestStatus, ScheduledStep, StepStatus
 from ..services.ports import (
+    LinkEvent,
     Notification,
     OrderChange,
     PerformedStep,
@@ -61,6 +62,8 @@ class SqlOrderRecords:
                 _write_resource(conn, write)
             if change.request is not None:
                 _write_request(conn, change.request)
+                if change.request_keys is not None:
+                    _write_keys(conn, change.request.request_id, change.request_keys)
             if change.performed is not None:
                 _write_performed(conn, change.performed)
             if change.link is not None:
@@ -155,6 +158,21 @@ class SqlOrderRecords:
 
         return await self._db.read(work)
 
+    async def requests_by_keys(self, keys: Sequence[str]) -> list[ImagingRequest]:
+        if not keys:
+            return []
+        r, k = schema.imaging_requests, schema.request_keys
+        ids = select(k.c.request_id).where(k.c.key.in_(list(keys)))
+        live = (RequestStatus.ACTIVE.value, RequestStatus.COMPLETED.value)
+        return await self._db.read(lambda c: _requests(c, and_(r.c.request_id.in_(ids), r.c.status.in_(live))))
+
+    async def link_history(self, study_uid: str) -> list[LinkEvent]:
+        t = schema.study_link_events
+        rows = await self._db.read(lambda c: c.execute(
+            select(t).where(t.c.study_uid == study_uid).order_by(t.c.id)).all())
+        return [LinkEvent(r.study_uid, r.request_id, r.status, r.actor, r.at, r.reason,
+                          float(r.confidence) if r.confidence is not None else None) for r in rows]
+
     # --- MPPS, links, arrivals --------------------------------------------------------------------
 
     async def performed(self, sop_uid: str) -> PerformedStep | None:
@@ -247,6 +265,16 @@ def _write_link(conn: Connection, link: StudyLink) -> None:
     where = (t.c.study_uid == link.study_uid, t.c.request_id == link.request_id)
     if not conn.execute(update(t).where(*where).values(**values)).rowcount:
         conn.execute(insert(t).values(study_uid=link.study_uid, request_id=link.request_id, **values))
+    conn.execute(insert(schema.study_link_events).values(
+        study_uid=link.study_uid, request_id=link.request_id, status=link.status, actor=link.actor,
+        reason=link.reason, confidence=values["confidence"], at=link.linked_at))
+
+
+def _write_keys(conn: Connection, request_id: str, keys: Sequence[str]) -> None:
+    k = schema.request_keys
+    conn.execute(delete(k).where(k.c.request_id == request_id))
+    if keys:
+        conn.execute(insert(k), [{"request_id": request_id, "key": key[:200]} for key in sorted(set(keys))])
 
 
 def _write_arrival(conn: Connection, study_uid: str, seen: str) -> None:

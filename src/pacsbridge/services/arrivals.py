@@ -32,6 +32,7 @@ import anyio
 from ..domain.access import SYSTEM
 from ..domain.clock import utc_stamp
 from ..domain.errors import Conflict, PacsbridgeError
+from ..domain.links import ACTING, LinkStatus
 from ..domain.model import DicomJson, Level, Scope
 from ..domain.orders import ImagingRequest, RequestStatus, StepStatus, move_step
 from ..domain.query import Match, MatchKind, Query
@@ -89,7 +90,7 @@ class StudyArrivals:
         if study is None:  # deleted meanwhile
             await self.records.commit(OrderChange(arrival=(study_uid, updated_at)))
             return
-        linked = {link.request_id for link in await self.records.links(study_uid=study_uid)}
+        linked = {link.request_id for link in await self.records.links(study_uid=study_uid) if link.status in ACTING}
         sps_ids, rp_ids = await self._references(study_uid)
         accession = _first(study, ACCESSION)
         candidates = await self.records.requests_for(sps_ids=sorted(sps_ids), study_uids=[study_uid],
@@ -120,7 +121,8 @@ class StudyArrivals:
         after = replace(request, steps=steps)
         target = RequestStatus.COMPLETED if request.status is RequestStatus.ACTIVE else None
         settled, writes, notifications = await settle_request(self.records, request, after, target)
-        link = StudyLink(study_uid, request.request_id, "reference", utc_stamp())
+        link = StudyLink(study_uid, request.request_id, LinkStatus.REFERENCE.value, utc_stamp(),
+                         reason="the study names the request (step, procedure, study UID or accession number)")
         resource = await self._imaging_study(study_uid, extra_based_on=request.request_id)
         if resource is not None:
             notifications.append(Notification("imagingstudy.linked", {

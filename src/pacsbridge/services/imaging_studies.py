@@ -19,6 +19,7 @@ from typing import Any
 
 from ..domain.access import Principal
 from ..domain.errors import NotFound
+from ..domain.links import ACTING
 from ..domain.model import DicomJson, Level
 from ..domain.query import Match, MatchKind, Query
 from ..mapping import Mapping
@@ -101,7 +102,7 @@ class ImagingStudyService:
             by_series.setdefault(_first(instance, SERIES_UID) or "", []).append(instance)
         source = {**study, "series": [{**s, "instances": by_series.get(_first(s, SERIES_UID) or "", [])}
                                       for s in series]}
-        links = await self.records.links(study_uid=study_uid)
+        links = [link for link in await self.records.links(study_uid=study_uid) if link.status in ACTING]
         subject = await self._subject(study, [link.request_id for link in links])
         context = {
             "subject": subject, "endpoint": {"reference": f"Endpoint/{self.view.endpoint_id}"},

@@ -278,8 +278,8 @@ class PerformedStep:
 
 @dataclass(frozen=True)
 class StudyLink:
-    """A study linked to the request it answers; ``status`` says how (``reference``: the study names
-    the request's step, accession number or study UID)."""
+    """A study linked to the request it answers; ``status`` says how (``domain.links.LinkStatus``).
+    Writing one also records an event: ``actor`` (pacsbridge or a person) and ``reason``."""
 
     study_uid: str
     request_id: str
@@ -287,6 +287,21 @@ class StudyLink:
     linked_at: str
     confidence: float | None = None
     differences: tuple[dict[str, Any], ...] = ()
+    actor: str = "pacsbridge"
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """One change of a link, as kept in its history."""
+
+    study_uid: str
+    request_id: str
+    status: str
+    actor: str
+    at: str
+    reason: str | None = None
+    confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -295,6 +310,7 @@ class OrderChange:
 
     resources: tuple[ResourceWrite, ...] = ()
     request: ImagingRequest | None = None  # upserted with its steps
+    request_keys: tuple[str, ...] | None = None  # the request's blocking keys (replaced when given)
     performed: PerformedStep | None = None
     link: StudyLink | None = None
     arrival: tuple[str, str] | None = None  # (study UID, the studies.updated_at handled)
@@ -340,6 +356,14 @@ class OrderRecords(Protocol):
         ...
 
     async def performed(self, sop_uid: str) -> PerformedStep | None: ...
+
+    async def requests_by_keys(self, keys: Sequence[str]) -> list[ImagingRequest]:
+        """Active or completed requests having any of these blocking keys (matching candidates)."""
+        ...
+
+    async def link_history(self, study_uid: str) -> list[LinkEvent]:
+        """Every change of the study's links, oldest first."""
+        ...
 
     async def links(self, *, study_uid: str | None = None, request_id: str | None = None) -> list[StudyLink]: ...
 

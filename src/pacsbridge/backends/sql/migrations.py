@@ -255,7 +255,35 @@ def _orders_v6(conn: Connection) -> None:
                       "SELECT study_uid, updated_at, updated_at FROM studies"))
 
 
-MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4, _web_login_v5, _orders_v6)
+def _matching_v7(conn: Connection) -> None:
+    """Blocking keys of open requests (which requests a study is compared with) and the history of
+    every link change; the links made by reference so far get their first event."""
+    v7 = MetaData()
+    Table("imaging_requests", v7, Column("request_id", String(64), primary_key=True))
+    keys = Table(
+        "request_keys", v7,
+        Column("request_id", String(64), ForeignKey("imaging_requests.request_id", ondelete="CASCADE"),
+               primary_key=True),
+        Column("key", String(200), primary_key=True),
+    )
+    Index("ix_request_keys_key", keys.c.key)
+    events = Table(
+        "study_link_events", v7,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("study_uid", String(64), nullable=False), Column("request_id", String(64), nullable=False),
+        Column("status", String(16), nullable=False), Column("actor", String(256), nullable=False),
+        Column("reason", Text), Column("confidence", Text), Column("at", String(32), nullable=False),
+    )
+    Index("ix_link_events_study", events.c.study_uid, events.c.id)
+    Index("ix_link_events_request", events.c.request_id)
+    v7.create_all(conn, tables=[keys, events])
+    conn.execute(text("INSERT INTO study_link_events (study_uid, request_id, status, actor, reason, confidence, at) "
+                      "SELECT study_uid, request_id, status, 'pacsbridge', 'the study names the request', "
+                      "confidence, linked_at FROM study_links"))
+
+
+MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4, _web_login_v5, _orders_v6,
+                              _matching_v7)
 
 
 def current_version(conn: Connection) -> int:

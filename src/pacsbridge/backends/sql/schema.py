@@ -272,3 +272,28 @@ outbox_jobs = Table(
 )
 Index("ix_outbox_due", outbox_jobs.c.state, outbox_jobs.c.subscriber, outbox_jobs.c.id)
 Index("ix_studies_updated", studies.c.updated_at)
+
+
+# --- matching (v7): the keys that make requests candidates, and the history of every link ----------
+
+request_keys = Table(
+    "request_keys", metadata,
+    Column("request_id", String(64), ForeignKey("imaging_requests.request_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("key", String(200), primary_key=True),  # a blocking key of the matching file
+)
+Index("ix_request_keys_key", request_keys.c.key)
+
+study_link_events = Table(
+    "study_link_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", String(64), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("actor", String(256), nullable=False),  # pacsbridge, or the person who changed it
+    Column("reason", Text),
+    Column("confidence", Text),
+    Column("at", String(32), nullable=False),
+)
+Index("ix_link_events_study", study_link_events.c.study_uid, study_link_events.c.id)
+Index("ix_link_events_request", study_link_events.c.request_id)
