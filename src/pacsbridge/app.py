@@ -61,12 +61,13 @@ from .backends.upstream.remote import Capabilities, Remote
 from .backends.web_login import SqlWebLoginRecords
 from .backends.worklist_files import WorklistFolder
 from .domain.errors import PacsbridgeError
-from .mapping import load_folder, load_mapping
+from .mapping import load_folder, load_mapping, load_matching
 from .services.arrivals import StudyArrivals
 from .services.fhir_resources import ResourceService
 from .services.imaging_studies import ImagingStudyService, StudyView
 from .services.ingest import IngestOptions, IngestService
 from .services.issuer import KeyRing, TokenIssuer
+from .services.matching import StudyMatcher, request_keys
 from .services.orders import OrderService, OrderSettings
 from .services.patients import PatientDirectory, PatientIdentity
 from .services.ports import Archive, ClientRecord, OrderChange, WorklistFilter
@@ -286,13 +287,16 @@ def build_orders(settings: Settings, archive: LocalArchive, search: SearchServic
         emr = EmrFhir(AuthorizedClient("the EMR", f.emr_base_url, auth_of(f.emr_auth), timeout_s=f.emr_timeout_seconds))
     identity = PatientIdentity(f.patient_identifier_system, f.issuer_of_patient_id)
     directory = PatientDirectory(records, identity, emr)
+    rules = load_matching(folder / "matching" / f"{o.matching}.yaml") if o.matching else None
     orders = OrderService(records, directory, to_worklist, OrderSettings(
         accession_system=o.accession_system, timezone=o.timezone, default_station_ae=o.default_station_ae,
-        default_modality=o.default_modality))
+        default_modality=o.default_modality), blocking=(lambda r: request_keys(rules, r)) if rules else None)
     view = StudyView(timezone_offset=f.timezone_offset, accession_system=o.accession_system)
     studies = ImagingStudyService(search, records, identity, to_fhir, view)
     arrivals = StudyArrivals(records, local_search, ImagingStudyService(local_search, records, identity, to_fhir, view),
                              o.stable_seconds)
+    if rules is not None:
+        arrivals.unmatched = StudyMatcher(records, rules, arrivals.link).study_arrived
     return Orders(records=records, orders=orders, service_requests=ResourceService(records, "ServiceRequest", False),
                   patients=ResourceService(records, "Patient"), directory=directory, studies=studies,
                   workflow=Workflow(WorklistService(records), ProcedureStepService(records)), arrivals=arrivals,

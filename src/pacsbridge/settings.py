@@ -208,6 +208,9 @@ class OrdersSettings(BaseModel):
                                          description="Modality when a request's codes name none.")
     stable_seconds: float = Field(default=60, gt=0, description="A study is stable after this long without "
                                   "a new instance, and is then linked to the request it names.")
+    matching: str | None = Field(
+        default="default", description="The matching file (mappings/matching/<name>.yaml) that scores stable "
+        "studies naming no request against open requests; null: no scored matching.")
     worklist_folder: Path | None = Field(
         default=None, description="Also write the open worklist entries as .wl files here, for an Orthanc "
         "ModalityWorklists plugin (Worklists.Database)")

@@ -1,5 +1,8 @@
 """Golden cases: every mapping file under mappings/ turns its case documents into exactly the expected output.
 
+Matching files (``mappings/matching/``) have cases with ``request``, ``study`` and the expected
+``decision`` and ``confidence`` (rounded to 3 places).
+
 A case lives in ``tests/mappings/cases/<folder>/<mapping name>/<case>.yaml`` with ``documents``
 (``source`` and the named documents) and either ``expected`` (the main output) plus
 ``expected_sections`` (section name -> list of objects), or ``error`` (a regular expression the
@@ -21,7 +24,7 @@ from pydicom.valuerep import validate_value
 
 from pacsbridge.domain.errors import MappingError
 from pacsbridge.formats.dicom_json import dataset_to_json, json_to_dataset
-from pacsbridge.mapping import Mapping, load_mapping
+from pacsbridge.mapping import Mapping, load_mapping, load_matching
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ROOT / "mappings"
@@ -29,11 +32,20 @@ CASES = Path(__file__).resolve().parent / "cases"
 
 
 def mapping_files() -> list[Path]:
-    return sorted(MAPPINGS.rglob("*.yaml"))
+    return sorted(p for p in MAPPINGS.rglob("*.yaml") if p.parent.name != "matching")
+
+
+def matching_files() -> list[Path]:
+    return sorted((MAPPINGS / "matching").glob("*.yaml"))
 
 
 def case_folder(path: Path) -> Path:
-    return CASES / path.parent.relative_to(MAPPINGS) / load_mapping(path).name
+    name = load_matching(path).name if path.parent.name == "matching" else load_mapping(path).name
+    return CASES / path.parent.relative_to(MAPPINGS) / name
+
+
+def matching_cases() -> list[tuple[Path, Path]]:
+    return [(path, case) for path in matching_files() for case in sorted(case_folder(path).glob("*.yaml"))]
 
 
 def all_cases() -> list[tuple[Path, Path]]:
@@ -67,7 +79,8 @@ def check_output(mapping: Mapping, output: dict[str, Any], sections: dict[str, l
 
 def test_every_mapping_file_has_golden_cases() -> None:
     assert mapping_files(), "no mapping files found"
-    missing = [str(p.relative_to(ROOT)) for p in mapping_files() if not list(case_folder(p).glob("*.yaml"))]
+    missing = [str(p.relative_to(ROOT)) for p in mapping_files() + matching_files()
+               if not list(case_folder(p).glob("*.yaml"))]
     assert not missing, f"add golden cases under tests/mappings/cases/ for: {missing}"
 
 
@@ -94,3 +107,10 @@ def test_golden_case(path: Path, case: Path) -> None:
     sections = {name: mapping.apply_section(name, source, **documents) for name in mapping.sections}
     assert sections == spec.get("expected_sections", {})
     check_output(mapping, output, sections)
+
+
+@pytest.mark.parametrize(("path", "case"), matching_cases(), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_matching_case(path: Path, case: Path) -> None:
+    spec = yaml.safe_load(case.read_text(encoding="utf-8"))
+    result = load_matching(path).score(spec["request"], spec["study"])
+    assert (result.decision, round(result.confidence, 3)) == (spec["decision"], spec["confidence"])

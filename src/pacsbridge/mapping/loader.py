@@ -19,7 +19,11 @@ import yaml
 
 from ..domain.errors import MappingError
 from .engine import Mapping, compile_mapping
+from .matching import MatchingRules, compile_matching
+from .matching import validate as validate_matching
 from .schema import Loc, Where, field_name, validate
+
+MATCHING_FOLDER = "matching"  # files under a folder of this name are matching files (docs/matching.md)
 
 
 class _Loader(yaml.SafeLoader):
@@ -93,6 +97,25 @@ def load_mapping(path: Path) -> Mapping:
     return mapping
 
 
+def _load_matching(path: Path) -> tuple[MatchingRules | None, list[str]]:
+    label = str(path)
+    data, where, errors = _read(path, label)
+    if errors:
+        return None, errors
+    model, errors = validate_matching(data, where)
+    if model is None:
+        return None, errors
+    return compile_matching(model, where, errors), errors
+
+
+def load_matching(path: Path) -> MatchingRules:
+    """One matching file (``mappings/matching/*.yaml``), compiled; MappingError listing every problem."""
+    rules, errors = _load_matching(path)
+    if rules is None:
+        raise MappingError("\n".join(errors))
+    return rules
+
+
 def load_folder(folder: Path) -> list[Mapping]:
     """Every ``*.yaml`` of a folder in file-name order, the order :func:`choose` tries them in."""
     mappings, errors = _load_folder(folder)
@@ -118,8 +141,14 @@ def _load_folder(folder: Path) -> tuple[list[Mapping], list[str]]:
 
 
 def check_mappings(root: Path) -> list[str]:
-    """Every error of every mapping file under ``root`` (an empty list when all are valid)."""
+    """Every error of every mapping or matching file under ``root`` (an empty list when all are valid)."""
     if not root.is_dir():
         return [f"{root}: not a folder"]
     folders = sorted({p.parent for p in root.rglob("*.yaml")})
-    return [error for folder in folders for error in _load_folder(folder)[1]]
+    errors: list[str] = []
+    for folder in folders:
+        if folder.name == MATCHING_FOLDER:
+            errors += [e for path in sorted(folder.glob("*.yaml")) for e in _load_matching(path)[1]]
+        else:
+            errors += _load_folder(folder)[1]
+    return errors

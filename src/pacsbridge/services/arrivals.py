@@ -47,7 +47,9 @@ STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 PATIENT_ID, ACCESSION = "00100020", "00080050"
 REQUEST_ATTRIBUTES, SPS_ID, RP_ID = "00400275", "00400009", "00401001"
 LINKABLE = (RequestStatus.ACTIVE, RequestStatus.COMPLETED)
-Unmatched = Callable[[str], Awaitable[None]]
+Unmatched = Callable[[str, str, DicomJson], Awaitable[None]]
+"""Called with (study UID, updated_at, the study's document: its attributes over its first instance's) for a
+stable study naming no request; it must record the arrival (``OrderChange.arrival``), with a link or alone."""
 
 
 class StudyArrivals:
@@ -91,7 +93,7 @@ class StudyArrivals:
             await self.records.commit(OrderChange(arrival=(study_uid, updated_at)))
             return
         linked = {link.request_id for link in await self.records.links(study_uid=study_uid) if link.status in ACTING}
-        sps_ids, rp_ids = await self._references(study_uid)
+        sps_ids, rp_ids, first = await self._references(study_uid)
         accession = _first(study, ACCESSION)
         candidates = await self.records.requests_for(sps_ids=sorted(sps_ids), study_uids=[study_uid],
                                                      accession_numbers=[accession] if accession else [])
@@ -106,23 +108,28 @@ class StudyArrivals:
         if not named:
             if linked:
                 await self._resend(study_uid, updated_at)
+            elif self.unmatched is not None:
+                await self.unmatched(study_uid, updated_at, {**first, **study})
             else:
                 await self.records.commit(OrderChange(arrival=(study_uid, updated_at)))
-                if self.unmatched is not None:
-                    await self.unmatched(study_uid)
             return
         for i, request in enumerate(named):
-            await self._link(request, study_uid, sps_ids, updated_at if i == len(named) - 1 else None)
+            await self.link(request, study_uid, updated_at if i == len(named) - 1 else None, sps_ids)
 
-    async def _link(self, request: ImagingRequest, study_uid: str, sps_ids: set[str], updated_at: str | None) -> None:
+    async def link(self, request: ImagingRequest, study_uid: str, updated_at: str | None,
+                   sps_ids: frozenset[str] | set[str] = frozenset(), status: LinkStatus = LinkStatus.REFERENCE,
+                   confidence: float | None = None, differences: tuple[dict[str, str], ...] = (),
+                   reason: str = "the study names the request (step, procedure, study UID or accession number)",
+                   actor: str = "pacsbridge") -> None:
+        """Link a study to a request and act on it (rule 3): steps and request completed, ImagingStudy sent."""
         names_steps = sps_ids & {s.sps_id for s in request.steps}
         steps = tuple(move_step(s, StepStatus.COMPLETED) if not s.status.final
                       and (not names_steps or s.sps_id in names_steps) else s for s in request.steps)
         after = replace(request, steps=steps)
         target = RequestStatus.COMPLETED if request.status is RequestStatus.ACTIVE else None
         settled, writes, notifications = await settle_request(self.records, request, after, target)
-        link = StudyLink(study_uid, request.request_id, LinkStatus.REFERENCE.value, utc_stamp(),
-                         reason="the study names the request (step, procedure, study UID or accession number)")
+        link = StudyLink(study_uid, request.request_id, status.value, utc_stamp(), confidence, differences, actor,
+                         reason)
         resource = await self._imaging_study(study_uid, extra_based_on=request.request_id)
         if resource is not None:
             notifications.append(Notification("imagingstudy.linked", {
@@ -159,9 +166,10 @@ class StudyArrivals:
         results = (await self.search.search(query, SYSTEM_ALL)).results
         return results[0] if results else None
 
-    async def _references(self, study_uid: str) -> tuple[set[str], set[str]]:
+    async def _references(self, study_uid: str) -> tuple[set[str], set[str], DicomJson]:
         """Step IDs and requested procedure IDs in the RequestAttributesSequence of each series' first
-        instance (a modality writes the same into every image of a series)."""
+        instance (a modality writes the same into every image of a series), and the study's first
+        instance's attributes."""
         query = Query(Level.INSTANCE, (Match(STUDY_UID, "UI", MatchKind.SINGLE, value=study_uid),))
         firsts: dict[str, str] = {}
         for instance in (await self.search.search(query, SYSTEM_ALL)).results:
@@ -170,12 +178,15 @@ class StudyArrivals:
                 firsts[series] = _first(instance, SOP_UID) or ""
         sps_ids: set[str] = set()
         rp_ids: set[str] = set()
+        first: DicomJson = {}
         for series, sop in firsts.items():
             for text in await self.search.archive.metadata(Scope(study_uid, series, sop)):
-                for item in (json.loads(text).get(REQUEST_ATTRIBUTES) or {}).get("Value") or []:
+                attributes = json.loads(text)
+                first = first or attributes
+                for item in (attributes.get(REQUEST_ATTRIBUTES) or {}).get("Value") or []:
                     sps_ids.update(v for v in (item.get(SPS_ID) or {}).get("Value") or [] if v)
                     rp_ids.update(v for v in (item.get(RP_ID) or {}).get("Value") or [] if v)
-        return sps_ids, rp_ids
+        return sps_ids, rp_ids, first
 
 
 SYSTEM_ALL = replace(SYSTEM, operator=True)

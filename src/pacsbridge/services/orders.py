@@ -22,7 +22,7 @@ import copy
 import logging
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -65,11 +65,13 @@ class OrderService:
     """ServiceRequests: create, read, update, delete, search; each write updates the worklist."""
 
     def __init__(self, records: OrderRecords, patients: PatientDirectory, mappings: Sequence[Mapping],
-                 settings: OrderSettings) -> None:
+                 settings: OrderSettings, blocking: Callable[[ImagingRequest], tuple[str, ...]] | None = None) -> None:
+        """``blocking`` gives a request's blocking keys for scored matching (None: no scored matching)."""
         self.records = records
         self.patients = patients
         self.mappings = list(mappings)
         self.settings = settings
+        self.blocking = blocking
 
     async def read(self, id_: str, version: int | None = None) -> ResourceVersion:
         found = await self.records.resource("ServiceRequest", id_, version)
@@ -174,7 +176,8 @@ class OrderService:
             notifications += step_notifications(old, request)
         await self.records.commit(OrderChange(
             resources=(ResourceWrite(stored, current.version if current else 0, index_entries(resource)),),
-            request=request, notifications=tuple(notifications)))
+            request=request, request_keys=self.blocking(request) if self.blocking else None,
+            notifications=tuple(notifications)))
         log.info("ServiceRequest/%s version %d: %s, %d step(s)", id_, version, status.value, len(steps))
         return stored
 

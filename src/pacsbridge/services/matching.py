@@ -1,0 +1,97 @@
+"""Scored matching: a stable study that names no request is compared with the open requests that share a
+blocking key, by the rules of ``mappings/matching/*.yaml``.
+
+See: docs/matching.md; ``domain.links`` (which links act).
+
+Rules:
+1. A request's blocking keys are computed when it is written (``request_keys``), so candidates are one
+   indexed lookup per study, never a scan of every open request.
+2. Each candidate is scored on each of its steps' worklist entries; the best step counts. The best
+   candidate wins; a tie between two requests is never linked automatically (it waits for a person).
+3. ``auto-certain`` links act at once (the request completes, subscribers are told); ``auto-unsure``
+   is recorded with its confidence and differences and waits for a person; ``unlinked`` records only
+   the arrival. The arrival is recorded in the same commit as the link.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ..domain.clock import utc_stamp
+from ..domain.links import ACTING, LinkStatus
+from ..domain.model import DicomJson
+from ..domain.orders import ImagingRequest
+from ..mapping import MatchingRules, MatchResult
+from .orders import worklist_item
+from .ports import OrderChange, OrderRecords, StudyLink
+
+log = logging.getLogger(__name__)
+
+Link = Callable[..., Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    request: ImagingRequest
+    result: MatchResult
+
+
+def request_keys(rules: MatchingRules, request: ImagingRequest) -> tuple[str, ...]:
+    """Every blocking key of a request (the union over its steps' worklist entries)."""
+    keys: set[str] = set()
+    for step in request.steps:
+        keys |= rules.blocking_keys(worklist_item(request, step), "request")
+    return tuple(sorted(keys))
+
+
+class StudyMatcher:
+    def __init__(self, records: OrderRecords, rules: MatchingRules, link: Link) -> None:
+        """``link`` is ``StudyArrivals.link``: how an acting link completes its request."""
+        self.records = records
+        self.rules = rules
+        self.link = link
+
+    async def candidates(self, study: DicomJson) -> list[Candidate]:
+        """Requests sharing a blocking key with the study, best first (rule 2)."""
+        keys = sorted(self.rules.blocking_keys(study, "study"))
+        out = []
+        for request in await self.records.requests_by_keys(keys):
+            if not request.steps:
+                continue
+            results = [self.rules.score(worklist_item(request, step), study) for step in request.steps]
+            out.append(Candidate(request, max(results, key=lambda r: r.confidence)))
+        out.sort(key=lambda c: (-c.result.confidence, c.request.request_id))
+        return out
+
+    async def study_arrived(self, study_uid: str, updated_at: str, study: DicomJson) -> None:
+        """The ``unmatched`` seam of StudyArrivals (rule 3)."""
+        linked = [link for link in await self.records.links(study_uid=study_uid) if link.status in ACTING]
+        found = [] if linked else await self.candidates(study)
+        if not found or found[0].result.decision == "unlinked":
+            await self.records.commit(OrderChange(arrival=(study_uid, updated_at)))
+            return
+        best = found[0]
+        decision = best.result.decision
+        tied = len(found) > 1 and found[1].result.confidence >= best.result.confidence
+        if decision == "auto-certain" and tied:
+            decision = "auto-unsure"
+        differences = tuple({"field": d.field, "request": d.request_value, "study": d.study_value}
+                            for d in best.result.differences)
+        reason = f"matching file {self.rules.name} v{self.rules.version}: confidence {best.result.confidence:.3f}"
+        if best.result.vetoes:
+            reason += f"; vetoed by {', '.join(best.result.vetoes)}"
+        if tied:
+            reason += "; another request scored the same"
+        if decision == "auto-certain":
+            await self.link(best.request, study_uid, updated_at, status=LinkStatus.AUTO_CERTAIN,
+                            confidence=best.result.confidence, differences=differences, reason=reason)
+            log.info("matching: linked a study to ServiceRequest/%s (auto-certain, %.3f)", best.request.request_id,
+                     best.result.confidence)
+            return
+        link = StudyLink(study_uid, best.request.request_id, LinkStatus.AUTO_UNSURE.value, utc_stamp(),
+                         best.result.confidence, differences, reason=reason)
+        await self.records.commit(OrderChange(link=link, arrival=(study_uid, updated_at)))
+        log.info("matching: a study may answer ServiceRequest/%s (auto-unsure, %.3f); waiting for review",
+                 best.request.request_id, best.result.confidence)

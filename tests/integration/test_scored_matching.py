@@ -1,0 +1,106 @@
+"""Scored matching in the running loop: studies that name no request (no accession, no worklist
+attributes) are scored against the open requests by mappings/matching/default.yaml. A clear match is
+linked at once (auto-certain: the order completes, basedOn is set); a doubtful one waits for a person
+(auto-unsure: nothing acts); every link change has its history."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from pydicom.uid import generate_uid
+
+from pacsbridge.settings import Settings
+
+from ..support.dicom import instance
+from ..support.http import stow_body
+from ..support.servers import RunningServer, serve
+from .test_fhir_door import PID_SYSTEM, order_json, patient_json, unique
+
+TODAY = date.today()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("matching") / "data", storage={"fsync": False},
+                        dimse={"enabled": False}, auth={"open_routes": ["/fhir", "/dicomweb"]},
+                        fhir={"patient_identifier_system": PID_SYSTEM}, orders={"stable_seconds": 0.5})
+    with serve(settings) as running:
+        yield running
+
+
+def order_for(server: RunningServer, patient_id: str, family: str, birth_date: str) -> str:
+    patient = httpx.post(server.url + "/fhir/Patient", json={
+        **patient_json(patient_id, family=family, birth_date=birth_date), "gender": "female"})
+    assert patient.status_code == 201, patient.text
+    order = httpx.post(server.url + "/fhir/ServiceRequest", json=order_json(
+        f"Patient/{patient.json()['id']}", occurrenceDateTime=TODAY.isoformat() + "T09:00:00Z"))
+    assert order.status_code == 201, order.text
+    return str(order.json()["id"])
+
+
+def stow_study(server: RunningServer, **attributes: Any) -> str:
+    study_uid = generate_uid()
+    body, content_type = stow_body([instance(study_uid, number=n, StudyDate=TODAY.strftime("%Y%m%d"),
+                                             Modality="CT", PatientSex="F", **attributes) for n in (1, 2)])
+    r = httpx.post(server.url + "/dicomweb/studies", content=body, headers={"Content-Type": content_type})
+    assert r.status_code == 200, r.text
+    return study_uid
+
+
+def links_of(server: RunningServer, study_uid: str) -> list[Any]:
+    records = server.app.state.services.orders.records
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = anyio.run(lambda: records.links(study_uid=study_uid))
+        if found:
+            return list(found)
+        time.sleep(0.25)
+    return []
+
+
+def test_a_clear_match_without_any_reference_is_linked_and_acts(server: RunningServer) -> None:
+    pid = unique("PID-")
+    order = order_for(server, pid, "Schneider", "1958-07-14")
+    study_uid = stow_study(server, PatientID=pid, PatientName="Schneider^Jane", PatientBirthDate="19580714",
+                           AccessionNumber=None)
+    links = links_of(server, study_uid)
+    assert [(link.request_id, link.status) for link in links] == [(order, "auto-certain")]
+    assert links[0].confidence is not None and links[0].confidence >= 0.9
+    study = httpx.get(f"{server.url}/fhir/ImagingStudy/{study_uid}").json()
+    assert study["basedOn"] == [{"reference": f"ServiceRequest/{order}"}]
+    assert httpx.get(f"{server.url}/fhir/ServiceRequest/{order}").json()["status"] == "completed"
+    history = anyio.run(lambda: server.app.state.services.orders.records.link_history(study_uid))
+    assert [(e.status, e.actor) for e in history] == [("auto-certain", "pacsbridge")]
+    assert "confidence" in (history[0].reason or "")
+
+
+def test_a_doubtful_match_waits_for_a_person_and_does_not_act(server: RunningServer) -> None:
+    pid = unique("PID-")
+    order = order_for(server, pid, "Yilmaz", "1990-03-02")
+    # The patient agrees, but the accession number typed at the modality is not the order's: probably this
+    # order, but not surely (it might answer another order of hers).
+    study_uid = stow_study(server, PatientID=pid, PatientName="Yilmaz^Jane", PatientBirthDate="19900302",
+                           AccessionNumber="TYPO" + pid[-6:])
+    links = links_of(server, study_uid)
+    assert [(link.request_id, link.status) for link in links] == [(order, "auto-unsure")]
+    assert any(d["field"] for d in links[0].differences)
+    study = httpx.get(f"{server.url}/fhir/ImagingStudy/{study_uid}").json()
+    assert "basedOn" not in study
+    assert httpx.get(f"{server.url}/fhir/ServiceRequest/{order}").json()["status"] == "active"
+
+
+def test_another_patients_study_is_never_linked(server: RunningServer) -> None:
+    pid = unique("PID-")
+    order_for(server, pid, "Nguyen", "1975-11-30")
+    # Same family name, same day, another patient (other birth date, other ID).
+    study_uid = stow_study(server, PatientID=unique("PID-"), PatientName="Nguyen^Jane",
+                           PatientBirthDate="19751103", AccessionNumber=None)
+    time.sleep(2)  # stable (0.5 s) and handled
+    links = anyio.run(lambda: server.app.state.services.orders.records.links(study_uid=study_uid))
+    assert [link.status for link in links if link.status == "auto-certain"] == []
