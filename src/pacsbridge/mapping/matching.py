@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from . import compare
 from .paths import PathError, SourcePath, parse_source
-from .schema import Loc, Where
+from .schema import Loc, Where, validate_as
 
 Side = Literal["request", "study"]
 DECISIONS = ("auto-certain", "auto-unsure", "unlinked")
@@ -95,20 +95,8 @@ class MatchingModel(_Strict):
 
 
 def validate(data: Any, where: Where) -> tuple[MatchingModel | None, list[str]]:
-    """The file's model, or the located messages of everything wrong with its shape."""
-    try:
-        return MatchingModel.model_validate(data), []
-    except ValidationError as exc:
-        errors: dict[Loc, str] = {}
-        for error in exc.errors():
-            loc: Loc = tuple(error["loc"])
-            known = where.known(loc)
-            if error["type"] == "missing" and len(loc) == len(known) + 1:
-                known = loc
-            what = {"extra_forbidden": "unknown key", "missing": "required key missing"}.get(
-                error["type"], error["msg"])
-            errors.setdefault(known, where.error(known, what))
-        return None, list(errors.values())
+    """A matching file's model, or the located messages of everything wrong with its shape."""
+    return validate_as(MatchingModel, data, where)
 
 
 # --- results ---------------------------------------------------------------------------------

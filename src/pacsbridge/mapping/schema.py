@@ -7,7 +7,7 @@ checked by the engine's compiler; here only keys and types, with errors located 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
@@ -87,10 +87,14 @@ class Where:
         return ()
 
 
-def validate(data: Any, where: Where) -> tuple[MappingModel | None, list[str]]:
-    """The file's model, or the located messages of everything wrong with its shape."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_as(model: type[M], data: Any, where: Where) -> tuple[M | None, list[str]]:
+    """A file's ``model`` (a mapping or a matching file), or the located messages of everything wrong
+    with its shape."""
     try:
-        return MappingModel.model_validate(data), []
+        return model.model_validate(data), []
     except ValidationError as exc:
         errors: dict[Loc, str] = {}
         for error in exc.errors():
@@ -105,3 +109,8 @@ def validate(data: Any, where: Where) -> tuple[MappingModel | None, list[str]]:
 
 
 _MESSAGES = {"extra_forbidden": "unknown key", "missing": "required key missing"}
+
+
+def validate(data: Any, where: Where) -> tuple[MappingModel | None, list[str]]:
+    """A mapping file's model, or the located messages of everything wrong with its shape."""
+    return validate_as(MappingModel, data, where)
