@@ -67,6 +67,7 @@ from .services.fhir_resources import ResourceService
 from .services.imaging_studies import ImagingStudyService, StudyView
 from .services.ingest import IngestOptions, IngestService
 from .services.issuer import KeyRing, TokenIssuer
+from .services.links import LinkReview
 from .services.matching import StudyMatcher, request_keys
 from .services.orders import OrderService, OrderSettings
 from .services.patients import PatientDirectory, PatientIdentity
@@ -141,6 +142,7 @@ class Orders:
     arrivals: StudyArrivals
     outbox: OutboxWorker
     emr: EmrFhir | None = None
+    review: LinkReview | None = None  # None without scored matching (orders.matching null)
     worklist_folder: WorklistFolder | None = None
 
     async def sync_worklist_folder(self) -> None:
@@ -295,12 +297,15 @@ def build_orders(settings: Settings, archive: LocalArchive, search: SearchServic
     studies = ImagingStudyService(search, records, identity, to_fhir, view)
     arrivals = StudyArrivals(records, local_search, ImagingStudyService(local_search, records, identity, to_fhir, view),
                              o.stable_seconds)
+    review = None
     if rules is not None:
-        arrivals.unmatched = StudyMatcher(records, rules, arrivals.link).study_arrived
+        matcher = StudyMatcher(records, rules, arrivals.link)
+        arrivals.unmatched = matcher.study_arrived
+        review = LinkReview(records, arrivals, matcher)
     return Orders(records=records, orders=orders, service_requests=ResourceService(records, "ServiceRequest", False),
                   patients=ResourceService(records, "Patient"), directory=directory, studies=studies,
                   workflow=Workflow(WorklistService(records), ProcedureStepService(records)), arrivals=arrivals,
-                  outbox=outbox, emr=emr, worklist_folder=wl_folder)
+                  outbox=outbox, emr=emr, worklist_folder=wl_folder, review=review)
 
 
 def identity_provider(settings: Settings, http: httpx.AsyncClient) -> RemoteJwks | None:

@@ -104,3 +104,28 @@ def test_another_patients_study_is_never_linked(server: RunningServer) -> None:
     time.sleep(2)  # stable (0.5 s) and handled
     links = anyio.run(lambda: server.app.state.services.orders.records.links(study_uid=study_uid))
     assert [link.status for link in links if link.status == "auto-certain"] == []
+
+
+def test_a_person_confirms_an_unsure_link_then_undoes_it(server: RunningServer) -> None:
+    orders = server.app.state.services.orders
+    pid = unique("PID-")
+    order = order_for(server, pid, "Kowalska", "1983-08-19")
+    study_uid = stow_study(server, PatientID=pid, PatientName="Kowalska^Jane", PatientBirthDate="19830819",
+                           AccessionNumber="TYPO" + pid[-6:])
+    assert [link.status for link in links_of(server, study_uid)] == ["auto-unsure"]
+    candidates = anyio.run(lambda: orders.review.candidates(study_uid))
+    assert candidates[0].request.request_id == order
+    assert {d.field for d in candidates[0].result.differences} >= {"accession"}
+
+    anyio.run(lambda: orders.review.confirm(study_uid, order, "dr.lee", "accession typed wrong at the CT"))
+    assert httpx.get(f"{server.url}/fhir/ServiceRequest/{order}").json()["status"] == "completed"
+    assert httpx.get(f"{server.url}/fhir/ImagingStudy/{study_uid}").json()["basedOn"] == [
+        {"reference": f"ServiceRequest/{order}"}]
+
+    anyio.run(lambda: orders.review.unlink(study_uid, order, "dr.lee", "wrong patient after all"))
+    assert httpx.get(f"{server.url}/fhir/ServiceRequest/{order}").json()["status"] == "active"
+    assert "basedOn" not in httpx.get(f"{server.url}/fhir/ImagingStudy/{study_uid}").json()
+    history = anyio.run(lambda: orders.records.link_history(study_uid))
+    assert [(e.status, e.actor) for e in history] == [
+        ("auto-unsure", "pacsbridge"), ("manual", "dr.lee"), ("unlinked", "dr.lee")]
+    assert history[-1].reason == "wrong patient after all"

@@ -17,7 +17,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..domain.clock import utc_stamp
@@ -191,9 +191,20 @@ class SqlOrderRecords:
         if request_id is not None:
             query = query.where(t.c.request_id == request_id)
         rows = await self._db.read(lambda c: c.execute(query).all())
-        return [StudyLink(r.study_uid, r.request_id, r.status, r.linked_at,
-                          float(r.confidence) if r.confidence is not None else None,
-                          tuple(json.loads(r.differences or "[]"))) for r in rows]
+        return [_link(r) for r in rows]
+
+    async def links_page(self, statuses: Sequence[str] | None, offset: int, limit: int
+                         ) -> tuple[list[StudyLink], int]:
+        t = schema.study_links
+        where = t.c.status.in_(list(statuses)) if statuses is not None else t.c.study_uid.is_not(None)
+
+        def work(conn: Connection) -> tuple[list[StudyLink], int]:
+            total = int(conn.execute(select(func.count()).select_from(t).where(where)).scalar_one())
+            rows = conn.execute(select(t).where(where).order_by(t.c.linked_at.desc(), t.c.study_uid)
+                                .offset(offset).limit(limit)).all()
+            return [_link(r) for r in rows], total
+
+        return await self._db.read(work)
 
     async def settled_studies(self, quiet_since: str, limit: int) -> list[tuple[str, str]]:
         st, a = schema.studies, schema.study_arrivals
@@ -301,6 +312,12 @@ def _requests(conn: Connection, where: Any) -> list[ImagingRequest]:
         request_id=row.request_id, status=RequestStatus(row.status), accession_number=row.accession_number,
         requested_procedure_id=row.requested_procedure_id, study_uid=row.study_uid, patient_id=row.patient_id,
         attributes=json.loads(row.attributes), steps=tuple(steps[row.request_id])) for row in rows]
+
+
+def _link(r: Any) -> StudyLink:
+    confidence = float(r.confidence) if r.confidence is not None else None
+    return StudyLink(r.study_uid, r.request_id, r.status, r.linked_at, confidence,
+                     tuple(json.loads(r.differences or "[]")))
 
 
 def _passes(step: ScheduledStep, where: WorklistFilter) -> bool:

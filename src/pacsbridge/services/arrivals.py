@@ -116,6 +116,14 @@ class StudyArrivals:
         for i, request in enumerate(named):
             await self.link(request, study_uid, updated_at if i == len(named) - 1 else None, sps_ids)
 
+    async def document(self, study_uid: str) -> DicomJson | None:
+        """What matching compares of a study: its attributes over its first instance's; None if unknown."""
+        study = await self._study(study_uid)
+        if study is None:
+            return None
+        first = (await self._references(study_uid))[2]
+        return {**first, **study}
+
     async def link(self, request: ImagingRequest, study_uid: str, updated_at: str | None,
                    sps_ids: frozenset[str] | set[str] = frozenset(), status: LinkStatus = LinkStatus.REFERENCE,
                    confidence: float | None = None, differences: tuple[dict[str, str], ...] = (),
@@ -130,7 +138,7 @@ class StudyArrivals:
         settled, writes, notifications = await settle_request(self.records, request, after, target)
         link = StudyLink(study_uid, request.request_id, status.value, utc_stamp(), confidence, differences, actor,
                          reason)
-        resource = await self._imaging_study(study_uid, extra_based_on=request.request_id)
+        resource = await self.imaging_study(study_uid, extra_based_on=request.request_id)
         if resource is not None:
             notifications.append(Notification("imagingstudy.linked", {
                 "reference": f"ImagingStudy/{study_uid}", "serviceRequest": f"ServiceRequest/{request.request_id}",
@@ -142,12 +150,12 @@ class StudyArrivals:
                  settled.status.value)
 
     async def _resend(self, study_uid: str, updated_at: str) -> None:
-        resource = await self._imaging_study(study_uid)
+        resource = await self.imaging_study(study_uid)
         notifications = (Notification("imagingstudy.linked", {
             "reference": f"ImagingStudy/{study_uid}", "resource": resource, "update": True}),) if resource else ()
         await self.records.commit(OrderChange(arrival=(study_uid, updated_at), notifications=notifications))
 
-    async def _imaging_study(self, study_uid: str, extra_based_on: str | None = None) -> DicomJson | None:
+    async def imaging_study(self, study_uid: str, extra_based_on: str | None = None) -> DicomJson | None:
         try:
             resource = await self.studies.read(study_uid, SYSTEM_ALL)
         except PacsbridgeError as exc:

@@ -361,6 +361,11 @@ class OrderRecords(Protocol):
         """Active or completed requests having any of these blocking keys (matching candidates)."""
         ...
 
+    async def links_page(self, statuses: Sequence[str] | None, offset: int, limit: int
+                         ) -> tuple[list[StudyLink], int]:
+        """Links in these statuses (None: all), newest first, and how many there are."""
+        ...
+
     async def link_history(self, study_uid: str) -> list[LinkEvent]:
         """Every change of the study's links, oldest first."""
         ...

@@ -35,7 +35,7 @@ from ..http_client import Auth
 from ..sql.engine import InThread
 from ..sql.schema import outbox_jobs as t
 
-FHIR_TOPICS = frozenset({"servicerequest.status", "imagingstudy.linked"})
+FHIR_TOPICS = frozenset({"servicerequest.status", "imagingstudy.linked", "imagingstudy.unlinked"})
 """The topics a FHIR subscriber can take: their payload carries the ``resource`` to PUT."""
 
 KINDS = ("webhook", "fhir")
