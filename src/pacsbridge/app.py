@@ -61,6 +61,7 @@ from .backends.upstream.remote import Capabilities, Remote
 from .backends.web_login import SqlWebLoginRecords
 from .backends.worklist_files import WorklistFolder
 from .domain.errors import PacsbridgeError
+from .domain.orders import ImagingRequest
 from .mapping import load_folder, load_mapping, load_matching
 from .services.arrivals import StudyArrivals
 from .services.fhir_resources import ResourceService
@@ -302,6 +303,11 @@ def build_orders(settings: Settings, archive: LocalArchive, search: SearchServic
         matcher = StudyMatcher(records, rules, arrivals.link)
         arrivals.unmatched = matcher.study_arrived
         review = LinkReview(records, arrivals, matcher)
+
+        async def match_waiting_studies(request: ImagingRequest) -> None:
+            await matcher.request_arrived(request, arrivals.document)
+
+        orders.after_save = match_waiting_studies
     return Orders(records=records, orders=orders, service_requests=ResourceService(records, "ServiceRequest", False),
                   patients=ResourceService(records, "Patient"), directory=directory, studies=studies,
                   workflow=Workflow(WorklistService(records), ProcedureStepService(records)), arrivals=arrivals,

@@ -173,3 +173,15 @@ async def test_link_history_and_matching_candidates_by_blocking_key(records: Sql
     assert [(e.status, e.actor, e.confidence) for e in history] == [
         ("auto-unsure", "pacsbridge", 0.8), ("manual", "dr.who", None)]
     assert [link.status for link in await records.links(study_uid="2.25.9")] == ["manual"]
+
+
+async def test_waiting_studies_are_found_by_key_until_they_have_an_acting_link(records: SqlOrderRecords) -> None:
+    await records.commit(OrderChange(study_keys=("2.25.1", ("0:P1", "3:19700101"))))
+    await records.commit(OrderChange(study_keys=("2.25.2", ("0:P2",))))
+    assert await records.studies_by_keys(["0:P1", "0:P2"]) == ["2.25.1", "2.25.2"]
+    await records.commit(OrderChange(study_keys=("2.25.1", ("0:P9",))))  # replaced
+    assert await records.studies_by_keys(["0:P1"]) == []
+    await records.commit(OrderChange(link=StudyLink("2.25.2", "r1", "auto-unsure", "2026-01-05T10:00:00Z")))
+    assert await records.studies_by_keys(["0:P2"]) == ["2.25.2"]  # an unsure link does not act
+    await records.commit(OrderChange(link=StudyLink("2.25.2", "r1", "manual", "2026-01-05T11:00:00Z")))
+    assert await records.studies_by_keys(["0:P2"]) == []

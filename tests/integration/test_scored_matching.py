@@ -129,3 +129,19 @@ def test_a_person_confirms_an_unsure_link_then_undoes_it(server: RunningServer) 
     assert [(e.status, e.actor) for e in history] == [
         ("auto-unsure", "pacsbridge"), ("manual", "dr.lee"), ("unlinked", "dr.lee")]
     assert history[-1].reason == "wrong patient after all"
+
+
+def test_a_request_arriving_after_its_study_is_matched_retroactively(server: RunningServer) -> None:
+    pid = unique("PID-")
+    # The study comes first (an emergency scan); nothing to match yet: it waits with its blocking keys.
+    study_uid = stow_study(server, PatientID=pid, PatientName="Hoffmann^Jane", PatientBirthDate="19660101",
+                           AccessionNumber=None)
+    time.sleep(2)
+    records = server.app.state.services.orders.records
+    assert anyio.run(lambda: records.links(study_uid=study_uid)) == []
+    assert anyio.run(lambda: records.studies_by_keys([f"0:{pid}"])) == [study_uid]
+    order = order_for(server, pid, "Hoffmann", "1966-01-01")  # the EMR enters the order afterwards
+    links = links_of(server, study_uid)
+    assert [(link.request_id, link.status) for link in links] == [(order, "auto-certain")]
+    assert httpx.get(f"{server.url}/fhir/ServiceRequest/{order}").json()["status"] == "completed"
+    assert anyio.run(lambda: records.studies_by_keys([f"0:{pid}"])) == []

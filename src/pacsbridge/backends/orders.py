@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..domain.clock import utc_stamp
 from ..domain.errors import Conflict
+from ..domain.links import ACTING
 from ..domain.orders import ImagingRequest, RequestStatus, ScheduledStep, StepStatus
 from ..services.ports import (
     LinkEvent,
@@ -68,6 +69,8 @@ class SqlOrderRecords:
                 _write_performed(conn, change.performed)
             if change.link is not None:
                 _write_link(conn, change.link)
+            if change.study_keys is not None:
+                _write_study_keys(conn, *change.study_keys)
             if change.arrival is not None:
                 _write_arrival(conn, *change.arrival)
             if change.notifications and self._enqueue is not None:
@@ -165,6 +168,15 @@ class SqlOrderRecords:
         ids = select(k.c.request_id).where(k.c.key.in_(list(keys)))
         live = (RequestStatus.ACTIVE.value, RequestStatus.COMPLETED.value)
         return await self._db.read(lambda c: _requests(c, and_(r.c.request_id.in_(ids), r.c.status.in_(live))))
+
+    async def studies_by_keys(self, keys: Sequence[str]) -> list[str]:
+        if not keys:
+            return []
+        k, links = schema.study_keys, schema.study_links
+        acting = select(links.c.study_uid).where(links.c.status.in_(sorted(ACTING)))
+        query = (select(k.c.study_uid).where(k.c.key.in_(list(keys)), k.c.study_uid.not_in(acting))
+                 .distinct().order_by(k.c.study_uid))
+        return list(await self._db.read(lambda c: c.execute(query).scalars().all()))
 
     async def link_history(self, study_uid: str) -> list[LinkEvent]:
         t = schema.study_link_events
@@ -279,6 +291,13 @@ def _write_link(conn: Connection, link: StudyLink) -> None:
     conn.execute(insert(schema.study_link_events).values(
         study_uid=link.study_uid, request_id=link.request_id, status=link.status, actor=link.actor,
         reason=link.reason, confidence=values["confidence"], at=link.linked_at))
+
+
+def _write_study_keys(conn: Connection, study_uid: str, keys: Sequence[str]) -> None:
+    k = schema.study_keys
+    conn.execute(delete(k).where(k.c.study_uid == study_uid))
+    if keys:
+        conn.execute(insert(k), [{"study_uid": study_uid, "key": key[:200]} for key in sorted(set(keys))])
 
 
 def _write_keys(conn: Connection, request_id: str, keys: Sequence[str]) -> None:

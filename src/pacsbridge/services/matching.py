@@ -11,6 +11,9 @@ Rules:
 3. ``auto-certain`` links act at once (the request completes, subscribers are told); ``auto-unsure``
    is recorded with its confidence and differences and waits for a person; ``unlinked`` records only
    the arrival. The arrival is recorded in the same commit as the link.
+4. A study left without an acting link keeps its blocking keys (``study_keys``): a request that
+   arrives later is matched against those studies (retroactively), each study choosing its own best
+   request exactly as on arrival, so the order in which they came changes nothing.
 """
 
 from __future__ import annotations
@@ -69,8 +72,34 @@ class StudyMatcher:
         """The ``unmatched`` seam of StudyArrivals (rule 3)."""
         linked = [link for link in await self.records.links(study_uid=study_uid) if link.status in ACTING]
         found = [] if linked else await self.candidates(study)
+        keys = (study_uid, () if linked else tuple(sorted(self.rules.blocking_keys(study, "study"))))
+        await self._decide(study_uid, found, updated_at, keys)
+
+    async def request_arrived(self, request: ImagingRequest, document: Callable[[str], Awaitable[DicomJson | None]]
+                              ) -> None:
+        """Rule 4: the stable studies without a link that share a key with a new or changed request."""
+        keys: set[str] = set()
+        for step in request.steps:
+            keys |= self.rules.blocking_keys(worklist_item(request, step), "request")
+        for study_uid in await self.records.studies_by_keys(sorted(keys)):
+            study = await document(study_uid)
+            if study is None:
+                continue
+            links = await self.records.links(study_uid=study_uid)
+            if any(link.status in ACTING for link in links):
+                continue
+            found = await self.candidates(study)
+            if found and found[0].request.request_id == request.request_id:
+                unsure = {link.request_id for link in links if link.status == LinkStatus.AUTO_UNSURE.value}
+                if found[0].result.decision == "auto-certain" or request.request_id not in unsure:
+                    await self._decide(study_uid, found, None, None)
+
+    async def _decide(self, study_uid: str, found: list[Candidate], updated_at: str | None,
+                      keys: tuple[str, tuple[str, ...]] | None) -> None:
+        arrival = (study_uid, updated_at) if updated_at is not None else None
         if not found or found[0].result.decision == "unlinked":
-            await self.records.commit(OrderChange(arrival=(study_uid, updated_at)))
+            if arrival is not None or keys is not None:
+                await self.records.commit(OrderChange(arrival=arrival, study_keys=keys))
             return
         best = found[0]
         decision = best.result.decision
@@ -92,6 +121,6 @@ class StudyMatcher:
             return
         link = StudyLink(study_uid, best.request.request_id, LinkStatus.AUTO_UNSURE.value, utc_stamp(),
                          best.result.confidence, differences, reason=reason)
-        await self.records.commit(OrderChange(link=link, arrival=(study_uid, updated_at)))
+        await self.records.commit(OrderChange(link=link, arrival=arrival, study_keys=keys))
         log.info("matching: a study may answer ServiceRequest/%s (auto-unsure, %.3f); waiting for review",
                  best.request.request_id, best.result.confidence)

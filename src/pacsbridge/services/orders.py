@@ -22,7 +22,7 @@ import copy
 import logging
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -72,6 +72,9 @@ class OrderService:
         self.mappings = list(mappings)
         self.settings = settings
         self.blocking = blocking
+        self.after_save: Callable[[ImagingRequest], Awaitable[None]] | None = None
+        """Called with an active request once it is saved (retroactive matching); its failure is logged,
+        never the EMR's: the order is saved."""
 
     async def read(self, id_: str, version: int | None = None) -> ResourceVersion:
         found = await self.records.resource("ServiceRequest", id_, version)
@@ -179,6 +182,11 @@ class OrderService:
             request=request, request_keys=self.blocking(request) if self.blocking else None,
             notifications=tuple(notifications)))
         log.info("ServiceRequest/%s version %d: %s, %d step(s)", id_, version, status.value, len(steps))
+        if self.after_save is not None and status is RequestStatus.ACTIVE:
+            try:
+                await self.after_save(request)
+            except Exception:
+                log.exception("ServiceRequest/%s: matching it against waiting studies failed", id_)
         return stored
 
     def _accession(self, resource: FhirJson, old: ImagingRequest | None) -> str:

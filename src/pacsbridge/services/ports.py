@@ -311,6 +311,7 @@ class OrderChange:
     resources: tuple[ResourceWrite, ...] = ()
     request: ImagingRequest | None = None  # upserted with its steps
     request_keys: tuple[str, ...] | None = None  # the request's blocking keys (replaced when given)
+    study_keys: tuple[str, tuple[str, ...]] | None = None  # (study UID, its blocking keys), replaced
     performed: PerformedStep | None = None
     link: StudyLink | None = None
     arrival: tuple[str, str] | None = None  # (study UID, the studies.updated_at handled)
@@ -364,6 +365,10 @@ class OrderRecords(Protocol):
     async def links_page(self, statuses: Sequence[str] | None, offset: int, limit: int
                          ) -> tuple[list[StudyLink], int]:
         """Links in these statuses (None: all), newest first, and how many there are."""
+        ...
+
+    async def studies_by_keys(self, keys: Sequence[str]) -> list[str]:
+        """UIDs of stable studies with any of these blocking keys and no acting link (retroactive matching)."""
         ...
 
     async def link_history(self, study_uid: str) -> list[LinkEvent]:

@@ -282,8 +282,20 @@ def _matching_v7(conn: Connection) -> None:
                       "confidence, linked_at FROM study_links"))
 
 
+def _study_keys_v8(conn: Connection) -> None:
+    """Blocking keys of stable studies left without a link, so that a request arriving after its study
+    finds it (retroactive matching)."""
+    v8 = MetaData()
+    keys = Table(
+        "study_keys", v8,
+        Column("study_uid", String(64), primary_key=True), Column("key", String(200), primary_key=True),
+    )
+    Index("ix_study_keys_key", keys.c.key)
+    v8.create_all(conn)
+
+
 MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4, _web_login_v5, _orders_v6,
-                              _matching_v7)
+                              _matching_v7, _study_keys_v8)
 
 
 def current_version(conn: Connection) -> int:

@@ -297,3 +297,10 @@ study_link_events = Table(
 )
 Index("ix_link_events_study", study_link_events.c.study_uid, study_link_events.c.id)
 Index("ix_link_events_request", study_link_events.c.request_id)
+
+study_keys = Table(
+    "study_keys", metadata,
+    Column("study_uid", String(64), primary_key=True),
+    Column("key", String(200), primary_key=True),  # a blocking key of a stable study left without a link
+)
+Index("ix_study_keys_key", study_keys.c.key)
