@@ -41,7 +41,9 @@ from .adapters.fhir.context import FhirConfig, FhirContext
 from .adapters.fhir.routes import public_routes as fhir_public_routes
 from .adapters.fhir.routes import routes as fhir_routes
 from .adapters.http import AccessLog, CrossOriginResourcePolicy, cors_middleware, health
+from .adapters.links_api import routes as links_api_routes
 from .adapters.web.console import routes as console_routes
+from .adapters.web.links import routes as links_page_routes
 from .adapters.web.pages import PAGE_PREFIXES, Pages
 from .adapters.web.sign_in import routes as sign_in_routes
 from .backends.audit import SqlAuditTrail
@@ -429,6 +431,7 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
 
     dimse = build_dimse_door(settings, services)
     fhir_mounts: list[BaseRoute] = []
+    review_routes: list[BaseRoute] = []
     if services.orders is not None:
         o = services.orders
         dicomweb_url = settings.public_url.rstrip("/") + dw.root if settings.public_url else None
@@ -439,6 +442,9 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
                                default_count=settings.fhir.default_count, max_count=settings.fhir.max_count))
         public += fhir_public_routes(fhir)
         fhir_mounts.append(Mount(settings.fhir.root, routes=fhir_routes(fhir)))
+        if o.review is not None:  # the link review API and pages (issue 6)
+            review_routes += links_api_routes(o.review, o.records)
+            page_routes += links_page_routes(pages, o.review, o.records)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -481,6 +487,7 @@ def build_app(settings: Settings, services: Services | None = None) -> Starlette
         routes=[
             *public,
             *admin_routes(services.audit),
+            *review_routes,
             *page_routes,
             *signed_urls.routes(signer),
             *upstream_mounts,

@@ -145,3 +145,19 @@ def test_a_request_arriving_after_its_study_is_matched_retroactively(server: Run
     assert [(link.request_id, link.status) for link in links] == [(order, "auto-certain")]
     assert httpx.get(f"{server.url}/fhir/ServiceRequest/{order}").json()["status"] == "completed"
     assert anyio.run(lambda: records.studies_by_keys([f"0:{pid}"])) == []
+
+
+def test_choosing_another_request_turns_down_the_unsure_proposal(server: RunningServer) -> None:
+    orders = server.app.state.services.orders
+    pid = unique("PID-")
+    first = order_for(server, pid, "Weber", "1971-05-05")
+    study_uid = stow_study(server, PatientID=pid, PatientName="Weber^Jane", PatientBirthDate="19710505",
+                           AccessionNumber="TYPO" + pid[-6:])
+    proposed = links_of(server, study_uid)
+    assert [(link.request_id, link.status) for link in proposed] == [(first, "auto-unsure")]
+    second = order_for(server, pid, "Weber", "1971-05-05")  # the person knows the study answers this one
+    anyio.run(lambda: orders.review.confirm(study_uid, second, "dr.lee", "the second order"))
+    links = {link.request_id: link.status for link in anyio.run(lambda: orders.records.links(study_uid=study_uid))}
+    assert links == {first: "unlinked", second: "manual"}
+    assert httpx.get(f"{server.url}/fhir/ServiceRequest/{first}").json()["status"] == "active"
+    assert httpx.get(f"{server.url}/fhir/ServiceRequest/{second}").json()["status"] == "completed"

@@ -32,6 +32,7 @@ CLIENTS = {
     "smart": ["system/ImagingStudy.rs"],
     "admin": ["admin"],
     "orders": ["orders.read", "orders.write"],
+    "links": ["links.review"],
 }
 
 

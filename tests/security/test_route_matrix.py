@@ -115,16 +115,17 @@ def test_refused_tokens_get_401_with_the_rfc6750_challenge(any_closed: Closed) -
 
 def test_missing_scope_is_403_and_the_right_scope_passes(any_closed: Closed) -> None:
     closed = any_closed
-    token = {c: closed.token(c) for c in ("admin", "reader", "writer", "smart", "orders")}
+    token = {c: closed.token(c) for c in ("admin", "reader", "writer", "smart", "orders", "links")}
     for method, path, route in guarded(closed):
         need = route.need.scope
         if route.need.anyone:  # the FHIR door's 404/405 for paths it does not serve: any valid token
             assert call(closed, method, path, token["reader"]).status_code in (404, 405), (method, path)
             continue
         wrong = {"admin": ["reader", "writer"], "dicomweb.write": ["reader", "admin"],
-                 "orders.read": ["reader", "admin"], "orders.write": ["reader", "admin"]}.get(need, ["admin"])
+                 "orders.read": ["reader", "admin"], "orders.write": ["reader", "admin"],
+                 "links.review": ["orders", "admin"]}.get(need, ["admin"])
         right = {"admin": "admin", "dicomweb.write": "writer", "orders.read": "orders",
-                 "orders.write": "orders"}.get(need, "reader")
+                 "orders.write": "orders", "links.review": "links"}.get(need, "reader")
         for client in wrong:
             r = call(closed, method, path, token[client])
             assert r.status_code == 403, (client, method, path, r.status_code)
@@ -171,7 +172,7 @@ def test_searches_in_patient_context_return_only_that_patient(any_closed: Closed
 def test_every_page_sends_a_browser_without_a_session_to_sign_in_whatever_token_it_brings(closed: Closed) -> None:
     """Pages read the session cookie only: a bearer token, even an admin's, is not a way in."""
     pages = [(path, route) for path, route in walk(list(closed.server.app.routes)) if isinstance(route, PageRoute)]
-    assert {"/ui/", "/ui/audit"} <= {path for path, _ in pages}
+    assert {"/ui/", "/ui/audit", "/ui/links", "/ui/links/{study}"} <= {path for path, _ in pages}
     admin = closed.token("admin")
     for path, _route in pages:
         for headers in ({}, {"Authorization": f"Bearer {admin}"}):

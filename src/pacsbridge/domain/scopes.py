@@ -39,6 +39,7 @@ DOOR_SCOPES = {
     "orders.write": "FHIR ServiceRequest and Patient: create, update and delete (the worklist follows)",
     "gdt": "the GDT file interface",
     "ecrf.read": "eCRF item links",
+    "links.review": "review and change study-request links",
     "admin": "the admin API (audit trail, clients, keys)",
 }
 
@@ -70,6 +71,7 @@ DICOMWEB_SEARCH = Need("dicomweb.read", "ImagingStudy", "s")
 DICOMWEB_READ = Need("dicomweb.read", "ImagingStudy", "r")
 DICOMWEB_WRITE = Need("dicomweb.write", "ImagingStudy", "c")
 ADMIN = Need("admin")
+LINKS_REVIEW = Need("links.review")
 
 # The FHIR door (rule 4); ImagingStudy and Endpoint use DICOMWEB_SEARCH / DICOMWEB_READ.
 ORDERS_READ = Need("orders.read", "ServiceRequest", "r")

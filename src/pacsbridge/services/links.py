@@ -56,8 +56,14 @@ class LinkReview:
         if request.status not in (RequestStatus.ACTIVE, RequestStatus.COMPLETED):
             raise BusinessRule(f"ServiceRequest/{request_id} is {request.status.value}: it answers no study")
         for link in await self.records.links(study_uid=study_uid):
-            if link.status in ACTING and link.request_id != request_id:
+            if link.request_id == request_id or link.status == LinkStatus.UNLINKED.value:
+                continue
+            if link.status in ACTING:
                 await self.unlink(study_uid, link.request_id, actor, f"another request chosen: {reason}")
+            else:  # an unsure proposal the person turned down: nothing acted, nothing to undo
+                await self.records.commit(OrderChange(link=replace(
+                    link, status=LinkStatus.UNLINKED.value, linked_at=utc_stamp(), actor=actor,
+                    reason=f"another request chosen: {reason}", differences=())))
         score = next((c.result.confidence for c in await self.candidates(study_uid)
                       if c.request.request_id == request_id), None)
         await self.arrivals.link(request, study_uid, None, status=LinkStatus.MANUAL, confidence=score, actor=actor,
