@@ -84,6 +84,13 @@ def test_list_and_detail_show_the_candidates_with_their_differences(server: Runn
     assert weights["patient_id"]["compared"] and weights["patient_id"]["score"] == 1.0
     assert best["fields"]["patient_name"].startswith("Okafor")
 
+    # The other way round: the waiting studies an order may be the answer to.
+    studies = httpx.get(f"{server.url}/api/links/requests/{order}", headers=reviewer)
+    assert studies.status_code == 200, studies.text
+    assert studies.json()["studies"][0]["study"] == study
+    assert studies.json()["studies"][0]["confidence"] == pytest.approx(row["confidence"])
+    assert httpx.get(f"{server.url}/api/links/requests/no-such-order", headers=reviewer).status_code == 404
+
     bad = httpx.get(server.url + "/api/links", params={"status": "maybe"}, headers=reviewer)
     assert bad.status_code == 400 and "maybe" in bad.json()["error"]
 

@@ -162,6 +162,15 @@ def routes(review: LinkReview, records: OrderRecords) -> list[GuardedRoute]:
     async def detail(request: Request) -> Response:
         return JSONResponse(await study_detail(review, records, request.path_params["study"]))
 
+    async def for_request(request: Request) -> Response:
+        request_id = request.path_params["request"]
+        found = await review.studies_for(request_id)
+        return JSONResponse({"request": request_id, "studies": [
+            {"study": study_uid, "confidence": result.confidence, "decision": result.decision,
+             "vetoes": list(result.vetoes),
+             "differences": [{"field": d.field, "request": d.request_value, "study": d.study_value}
+                             for d in result.differences]} for study_uid, result in found]})
+
     async def confirm(request: Request) -> Response:
         study_uid = request.path_params["study"]
         audit.touched(None, study_uid)
@@ -196,6 +205,7 @@ def routes(review: LinkReview, records: OrderRecords) -> list[GuardedRoute]:
     return [
         route("/api/links", listing, "search"),
         route("/api/links/studies/{study}", detail, "read"),
+        route("/api/links/requests/{request}", for_request, "read"),
         route("/api/links/studies/{study}/confirm", confirm, "update", ("POST",)),
         route("/api/links/studies/{study}/unlink", unlink, "update", ("POST",)),
     ]

@@ -22,10 +22,11 @@ from ..domain.errors import BusinessRule, NotFound
 from ..domain.links import ACTING, LinkStatus
 from ..domain.model import DicomJson
 from ..domain.orders import RequestStatus
+from ..mapping import MatchResult
 from .arrivals import StudyArrivals
 from .fhir_index import index_entries
-from .matching import Candidate, StudyMatcher
-from .orders import fhir_now, status_notification
+from .matching import Candidate, StudyMatcher, request_keys
+from .orders import fhir_now, status_notification, worklist_item
 from .ports import Notification, OrderChange, OrderRecords, ResourceVersion, ResourceWrite
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,25 @@ class LinkReview:
     async def candidates(self, study_uid: str) -> list[Candidate]:
         """The requests a study may answer, best first, with their scores and differences."""
         return await self.matcher.candidates(await self.study(study_uid))
+
+    async def studies_for(self, request_id: str) -> list[tuple[str, MatchResult]]:
+        """The waiting studies (no acting link) a request may be the answer to, best first: the studies
+        sharing a blocking key, each scored against the request's best step."""
+        request = await self.records.request(request_id)
+        if request is None:
+            raise NotFound(f"ServiceRequest/{request_id} is not known")
+        rules = self.matcher.rules
+        keys = sorted(request_keys(rules, request))
+        found = []
+        for study_uid in await self.records.studies_by_keys(keys):
+            study = await self.arrivals.document(study_uid)
+            if study is None or not request.steps:
+                continue
+            best = max((rules.score(worklist_item(request, step), study) for step in request.steps),
+                       key=lambda r: r.confidence)
+            found.append((study_uid, best))
+        found.sort(key=lambda pair: (-pair[1].confidence, pair[0]))
+        return found
 
     async def confirm(self, study_uid: str, request_id: str, actor: str, reason: str = "confirmed") -> None:
         """Link by hand (rule 1); an acting link of the study to another request is unlinked first."""
