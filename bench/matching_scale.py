@@ -8,10 +8,8 @@ What it does, as the service does it (``services/matching.py``, ``backends/order
    (same name lists of five cultures and hyphenated names, same birth-date distribution, same
    worklist items and modality-sent study documents, same thirteen adversarial scenarios in the
    same proportions: typos, swapped names, married names, twins, same-day namesakes, missing and
-   wrong accessions, umlauts/transliterations, another PatientID namespace, ...). Its
-   ``generate_population`` holds everything in memory and searches the whole request list for each
-   wrong accession, so this script drives the same ``_Builder`` with a scenario loop that indexes
-   requests by (day, modality) and yields the studies one at a time.
+   wrong accessions, umlauts/transliterations, another PatientID namespace, ...): its
+   ``ScenarioStream``, which the safety test collects, streamed here one study at a time.
 2. **Requests in SQLite.** A fresh, migrated SQLite database (``make_engine`` + ``migrate``, WAL,
    as the service opens it). Each request becomes an ``ImagingRequest`` with one scheduled step; its
    blocking keys are ``services.matching.request_keys``. They are written with the records backend's
@@ -49,8 +47,6 @@ import tempfile
 import time
 import tracemalloc
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,35 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
     sys.path[0] = str(ROOT)  # run as a script: import ``tests`` from the repository root
 
-from tests.support.matching_population import (  # noqa: E402
-    CATALOG,
-    CULTURES,
-    DAYS,
-    EXACT,
-    MARRIED,
-    MISSING_ACCESSION,
-    MISSING_BIRTH_DATE,
-    MODALITY_WEIGHTS,
-    NAMESPACE,
-    REFERRING,
-    SAME_NAME,
-    SWAPPED,
-    TIME_SHIFT,
-    TRANSLITERATIONS,
-    TWINS,
-    TYPO,
-    UMLAUT,
-    UNSCHEDULED,
-    WRONG_ACCESSION,
-    DicomJson,
-    Patient,
-    Request,
-    _Builder,
-    ascii_fold,
-    german_fold,
-    name_variants,
-    typo,
-)
+from tests.support.matching_population import DicomJson, Request, ScenarioStream  # noqa: E402
 
 from pacsbridge.backends.orders import SqlOrderRecords, _write_keys, _write_request  # noqa: E402
 from pacsbridge.backends.sql.engine import make_engine  # noqa: E402
@@ -101,214 +69,6 @@ DEFAULT_RULES = ROOT / "mappings" / "matching" / "default.yaml"
 RESULTS = ROOT / "bench" / "results" / "matching-scale.json"
 BATCH = 1000
 CHECK_FIRST = 200  # studies compared with StudyMatcher.candidates itself
-
-
-@dataclass(frozen=True)
-class Study:
-    index: int
-    document: DicomJson
-    truth: str | None
-    scenario: str
-    patient: str  # scenario id of the imaged patient
-
-
-# --- population ------------------------------------------------------------------------------------
-
-class Population:
-    """The requests of ``n_requests`` and a lazy stream of ``n_studies`` studies, scenarios in the
-    proportions of ``generate_population`` (eleven scenarios of n studies, n twins, n namesakes)."""
-
-    def __init__(self, seed: int, n_requests: int, n_studies: int) -> None:
-        self.b = b = _Builder(seed, n_requests)
-        rng = b.rng
-        self.n = n = max(2, round(n_studies / 13))
-        self.n_studies = n_studies
-        pairs = max(1, n // 2)
-        ordinary = max(1, n_requests - 4 * pairs)
-        # Ordinary patients and their open requests: some without any, some with several on one day.
-        while len(b.requests) < ordinary:
-            patient = b.new_patient()
-            count = rng.choices([0, 1, 2, 3], weights=[15, 65, 15, 5])[0]
-            day = rng.choice(DAYS)
-            for k in range(min(count, ordinary - len(b.requests))):
-                b.new_request(patient, day if k == 0 or rng.random() < 0.6 else rng.choice(DAYS))
-        self.twin_requests: list[Request] = []
-        for _ in range(pairs):  # same family name and birth date, different given names, same day
-            a = b.new_patient()
-            b_sex = rng.choice(["F", "M"])
-            given_pool = CULTURES.get(a.culture, CULTURES["german"])[1 if b_sex == "M" else 2]
-            twin = b.new_patient(culture=a.culture, sex=b_sex)
-            twin.family, twin.birth_date = a.family, a.birth_date
-            twin.given = rng.choice([g for g in given_pool if g != a.given])
-            day, modality = rng.choice(DAYS), rng.choice(["DX", "US", "CT", "MR"])
-            self.twin_requests += [b.new_request(a, day, modality), b.new_request(twin, day, modality)]
-        self.namesake_requests: list[Request] = []
-        for _ in range(pairs):  # same family and given name, other birth dates, same day
-            a = b.new_patient()
-            other = b.new_patient(culture=a.culture, sex=a.sex)
-            other.family, other.given = a.family, a.given
-            while other.birth_date == a.birth_date:
-                other.birth_date = b._birth_date()
-            day, modality = rng.choice(DAYS), rng.choice(["DX", "US", "CT", "MR"])
-            self.namesake_requests += [b.new_request(a, day, modality), b.new_request(other, day, modality)]
-        self.unscheduled = [b.new_patient() for _ in range(n)]
-        special = {r.id for r in self.twin_requests + self.namesake_requests}
-        self.free = [r for r in b.requests if r.id not in special]
-        rng.shuffle(self.free)
-        self.by_day_modality: dict[tuple[Any, str], list[Request]] = defaultdict(list)
-        for r in b.requests:
-            self.by_day_modality[(r.day, r.modality)].append(r)
-
-    @property
-    def requests(self) -> list[Request]:
-        return self.b.requests
-
-    def _take(self, predicate: Any = None) -> Request:
-        free = self.free
-        if not free:  # more studies than requests: a second study for an already imaged request
-            return self.b.rng.choice(self.b.requests)
-        for i, r in enumerate(free):
-            if predicate is None or predicate(r):
-                return free.pop(i)
-        return free.pop()
-
-    def _wrong(self, victim: Request) -> Request:
-        """Another patient's request of the same day, same modality where there is one."""
-        rng = self.b.rng
-        same = self.by_day_modality[(victim.day, victim.modality)]
-        for _ in range(20):
-            o = rng.choice(same)
-            if o.patient.key != victim.patient.key:
-                return o
-        same_day = [o for m in MODALITY_WEIGHTS for o in self.by_day_modality[(victim.day, m)]
-                    if o.patient.key != victim.patient.key]
-        return rng.choice(same_day)
-
-    def studies(self) -> Iterator[Study]:
-        b, rng, n = self.b, self.b.rng, self.n
-        count = 0
-
-        def make(r: Request | None, scenario: str, document: DicomJson, patient: Patient | None = None) -> Study:
-            nonlocal count
-            count += 1
-            imaged = patient or (r.patient if r else None)
-            return Study(count, document, r.id if r else None, scenario, imaged.key if imaged else "-")
-
-        def acc() -> bool | None:
-            return True if rng.random() < 0.5 else None
-
-        def stream() -> Iterator[Study]:
-            for _ in range(n):
-                r = self._take()
-                yield make(r, EXACT, b.study_document(r))
-            for _ in range(n):
-                r = self._take()
-                a = acc()
-                family, given = r.patient.family, r.patient.given
-                edits = rng.choice((1, 2))
-                if rng.random() < 0.6:
-                    family = typo(rng, family, edits)
-                else:
-                    given = typo(rng, given, edits)
-                yield make(r, TYPO, b.study_document(r, name=f"{family}^{given}", accession=a,
-                                                     hand_entered=a is None))
-            for _ in range(n):
-                r = self._take()
-                a = acc()
-                yield make(r, SWAPPED, b.study_document(r, name=f"{r.patient.given}^{r.patient.family}",
-                                                        accession=a, hand_entered=a is None))
-            for _ in range(n):
-                r = self._take(lambda r: r.patient.sex == "F")
-                a = acc()
-                p = r.patient
-                culture = p.culture if p.culture in CULTURES else "german"
-                new_family = b._family(culture, "F")
-                while new_family == p.family:
-                    new_family = b._family(culture, "F")
-                if rng.random() < 0.3:
-                    new_family = f"{new_family}-{p.family}"
-                yield make(r, MARRIED, b.study_document(r, name=f"{new_family}^{p.given}", accession=a,
-                                                        local_pid=rng.random() < 0.3, hand_entered=a is None))
-            for r in self.twin_requests:
-                yield make(r, TWINS, b.study_document(r, accession=None, local_pid=rng.random() < 0.5,
-                                                      hand_entered=True))
-            for r in self.namesake_requests:
-                yield make(r, SAME_NAME, b.study_document(r, accession=None, local_pid=rng.random() < 0.5,
-                                                          hand_entered=True))
-            for _ in range(n):
-                r = self._take()
-                yield make(r, MISSING_ACCESSION, b.study_document(r, accession=None, hand_entered=True))
-            for i in range(n):
-                victim = self._take()
-                wrong = self._wrong(victim)
-                if i % 3 == 2:  # the imaged patient had no request at all
-                    patient = self.unscheduled[i % len(self.unscheduled)]
-                    pseudo = Request("-", patient, "", victim.modality, victim.station, victim.code,
-                                     victim.description, victim.day, victim.time, "", victim.referring)
-                    self.free.append(victim)
-                    yield make(None, WRONG_ACCESSION, b.study_document(
-                        pseudo, accession=wrong.accession, local_pid=rng.random() < 0.3, hand_entered=True), patient)
-                else:
-                    yield make(victim, WRONG_ACCESSION, b.study_document(
-                        victim, accession=wrong.accession, local_pid=rng.random() < 0.3, hand_entered=True))
-            for _ in range(n):
-                r = self._take(lambda r: r.patient.name != ascii_fold(r.patient.name) or any(
-                    w in TRANSLITERATIONS for w in r.patient.name.replace("^", " ").split()))
-                a = acc()
-                p = r.patient
-                family, given = p.family, p.given
-                part = rng.random()
-                if part < 0.45:
-                    family = rng.choice(name_variants(family))
-                elif part < 0.7:
-                    given = rng.choice(name_variants(given))
-                else:
-                    fold = rng.choice((ascii_fold, german_fold))
-                    family, given = fold(family), fold(given)
-                    if rng.random() < 0.5:
-                        family, given = family.upper(), given.upper()
-                if f"{family}^{given}" == p.name:
-                    family = family.upper() if family != family.upper() else ascii_fold(family)
-                yield make(r, UMLAUT, b.study_document(r, name=f"{family}^{given}", accession=a,
-                                                       hand_entered=a is None))
-            for _ in range(n):
-                r = self._take()
-                a = acc()
-                yield make(r, NAMESPACE, b.study_document(r, accession=a, local_pid=True, hand_entered=a is None))
-            for _ in range(n):
-                r = self._take()
-                a = acc()
-                yield make(r, TIME_SHIFT, b.study_document(r, accession=a, day_shift=1, hand_entered=a is None))
-            for _ in range(n):
-                r = self._take()
-                a = acc()
-                yield make(r, MISSING_BIRTH_DATE, b.study_document(r, accession=a, birth_date=None,
-                                                                   hand_entered=a is None))
-            i = 0
-            while True:  # studies nobody requested, as many as needed to reach n_studies
-                if i % 2 == 0:
-                    known = self._take()
-                    self.free.append(known)
-                    patient: Patient = known.patient
-                    others = [m for m in MODALITY_WEIGHTS
-                              if m not in {o.modality for o in b.by_patient[patient.key]} and not (
-                                  m == "MG" and patient.sex == "M")]
-                    modality = rng.choice(others or ["DX"])
-                    day = known.day if rng.random() < 0.5 else rng.choice(DAYS)
-                else:
-                    patient = self.unscheduled[-1 - (i // 2) % len(self.unscheduled)]
-                    modality, day = rng.choice(["DX", "CT", "US"]), rng.choice(DAYS)
-                stations, procedures = CATALOG[modality]
-                code, description = rng.choice(procedures)
-                pseudo = Request("-", patient, "", modality, rng.choice(stations), code, description, day,
-                                 f"{rng.randrange(7, 18):02d}0000", "", rng.choice(REFERRING))
-                yield make(None, UNSCHEDULED, b.study_document(pseudo, accession=None, hand_entered=True), patient)
-                i += 1
-
-        for study in stream():
-            if count > self.n_studies:
-                return
-            yield study
 
 
 def imaging_request(r: Request, document: DicomJson) -> ImagingRequest:
@@ -341,7 +101,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rules = load_matching(args.rules)
 
     t0 = time.perf_counter()
-    population = Population(args.seed, args.requests, args.studies)
+    population = ScenarioStream(args.seed, args.requests, args.studies)
     t_generate = time.perf_counter() - t0
     log(f"population: {len(population.requests):,} requests of {len(population.b.patients):,} patients "
         f"in {t_generate:.1f} s")
@@ -405,7 +165,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         t_gen_studies += time.perf_counter() - g0
         if study is None:
             break
-        doc = study.document
+        doc, index = study.document, int(study.id[1:])
         s0 = time.perf_counter()
         keys = sorted(rules.blocking_keys(doc, "study"))
         s1 = time.perf_counter()
@@ -446,13 +206,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if checked < CHECK_FIRST:  # the loop above is StudyMatcher.candidates with timers
             reference = await matcher.candidates(doc)
             assert [(c.request.request_id, c.result.confidence) for c in reference] == [
-                (rid, res.confidence) for res, rid in scored], f"study {study.index}: differs from StudyMatcher"
+                (rid, res.confidence) for res, rid in scored], f"study {index}: differs from StudyMatcher"
             checked += 1
-        if study.index % args.progress == 0:
+        if index % args.progress == 0:
             elapsed = time.perf_counter() - t_match0
-            log(f"  {study.index:,} studies, {elapsed:.0f} s, mean {statistics.fmean(candidates):.1f} candidates")
+            log(f"  {index:,} studies, {elapsed:.0f} s, mean {statistics.fmean(candidates):.1f} candidates")
         if time.perf_counter() > deadline:
-            log(f"ABORTED after {args.max_minutes} minutes at study {study.index:,}")
+            log(f"ABORTED after {args.max_minutes} minutes at study {index:,}")
             aborted = True
             break
     t_match = time.perf_counter() - t_match0
@@ -523,7 +283,7 @@ async def traced_pass(args: argparse.Namespace, rules: Any, records: SqlOrderRec
     timed pass runs without it): the population rebuilt from the same seed, then the first
     ``--traced-studies`` studies matched again against the same database."""
     tracemalloc.start()
-    population = Population(args.seed, args.requests, args.studies)
+    population = ScenarioStream(args.seed, args.requests, args.studies)
     built, _ = tracemalloc.get_traced_memory()
     tracemalloc.reset_peak()
     done = 0

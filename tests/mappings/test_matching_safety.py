@@ -133,9 +133,9 @@ def _fmt(x: float | None) -> str:
 # --- the population itself --------------------------------------------------------------------
 
 def test_population_is_deterministic() -> None:
-    a = generate_population(7, n_patients=300, studies_per_scenario=12)
-    b = generate_population(7, n_patients=300, studies_per_scenario=12)
-    c = generate_population(8, n_patients=300, studies_per_scenario=12)
+    a = generate_population(7, n_requests=360, studies_per_scenario=12)
+    b = generate_population(7, n_requests=360, studies_per_scenario=12)
+    c = generate_population(8, n_requests=360, studies_per_scenario=12)
     assert json.dumps(a.requests, sort_keys=True) == json.dumps(b.requests, sort_keys=True)
     assert a.studies == b.studies
     assert a.studies != c.studies

@@ -1,8 +1,9 @@
 """A seeded, adversarial evaluation set for matching studies to requests (issue 6, "Safety, measured").
 
-``generate_population(seed)`` builds a few thousand patients with names from several cultures, their
-open requests (worklist items as DICOM JSON) and studies (DICOM JSON as a modality would send them),
-each study labelled with the request it truly answers (or None) and the scenario that perturbed it.
+``generate_population(seed)`` (a ``ScenarioStream`` collected; the scale benchmark streams the same class)
+builds a few thousand patients with names from several cultures, their open requests (worklist items as
+DICOM JSON) and studies (DICOM JSON as a modality would send them), each study labelled with the
+request it truly answers (or None) and the scenario that perturbed it.
 The same seed always gives the same population, byte for byte.
 
 Patients are named in reports only by their scenario id (``P00042``), never by their name.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import random
 import unicodedata
+from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -451,178 +454,223 @@ class _Builder:
         return dict(sorted(doc.items()))
 
 
-def generate_population(seed: int = 20240611, n_patients: int = 3000, studies_per_scenario: int = 150,
-                        ) -> Population:
-    """A deterministic adversarial population; about ``13 * studies_per_scenario`` studies."""
-    b = _Builder(seed, n_patients)
-    rng = b.rng
-    n = studies_per_scenario
+class ScenarioStream:
+    """The open requests of about ``n_requests`` and a lazy stream of ``n_studies`` labelled studies:
+    eleven scenarios of n studies each, n twins, n namesakes, and unscheduled studies for the rest
+    (n = n_studies / 13). The safety test collects it (``generate_population``); the scale benchmark
+    (bench/matching_scale.py) streams it at 100,000."""
 
-    # Ordinary patients and their open requests: some without any, some with several on one day.
-    for _ in range(n_patients):
-        patient = b.new_patient()
-        count = rng.choices([0, 1, 2, 3], weights=[15, 65, 15, 5])[0]
-        day = rng.choice(DAYS)
-        for k in range(count):
-            b.new_request(patient, day if k == 0 or rng.random() < 0.6 else rng.choice(DAYS))
+    def __init__(self, seed: int, n_requests: int, n_studies: int) -> None:
+        self.b = b = _Builder(seed, n_requests)
+        rng = b.rng
+        self.n = n = max(2, round(n_studies / 13))
+        self.n_studies = n_studies
+        pairs = max(1, n // 2)
+        ordinary = max(1, n_requests - 4 * pairs)
+        # Ordinary patients and their open requests: some without any, some with several on one day.
+        while len(b.requests) < ordinary:
+            patient = b.new_patient()
+            count = rng.choices([0, 1, 2, 3], weights=[15, 65, 15, 5])[0]
+            day = rng.choice(DAYS)
+            for k in range(min(count, ordinary - len(b.requests))):
+                b.new_request(patient, day if k == 0 or rng.random() < 0.6 else rng.choice(DAYS))
+        # Twins: same family name and birth date, different given names, both expected the same day.
+        self.twin_requests: list[Request] = []
+        for _ in range(pairs):
+            a = b.new_patient()
+            b_sex = rng.choice(["F", "M"])
+            given_pool = CULTURES.get(a.culture, CULTURES["german"])[1 if b_sex == "M" else 2]
+            twin = b.new_patient(culture=a.culture, sex=b_sex)
+            twin.family, twin.birth_date = a.family, a.birth_date
+            twin.given = rng.choice([g for g in given_pool if g != a.given])
+            day, modality = rng.choice(DAYS), rng.choice(["DX", "US", "CT", "MR"])
+            self.twin_requests += [b.new_request(a, day, modality), b.new_request(twin, day, modality)]
+        # Namesakes: same family and given name, different birth dates, expected the same day.
+        self.namesake_requests: list[Request] = []
+        for _ in range(pairs):
+            a = b.new_patient()
+            other = b.new_patient(culture=a.culture, sex=a.sex)
+            other.family, other.given = a.family, a.given
+            while other.birth_date == a.birth_date:
+                other.birth_date = b._birth_date()
+            day, modality = rng.choice(DAYS), rng.choice(["DX", "US", "CT", "MR"])
+            self.namesake_requests += [b.new_request(a, day, modality), b.new_request(other, day, modality)]
+        # Patients never scheduled (unscheduled studies, and the victims of a wrong accession).
+        self.unscheduled = [b.new_patient() for _ in range(n)]
+        special = {r.id for r in self.twin_requests + self.namesake_requests}
+        self.free = [r for r in b.requests if r.id not in special]
+        rng.shuffle(self.free)
+        self.by_day_modality: dict[tuple[Any, str], list[Request]] = defaultdict(list)
+        for r in b.requests:
+            self.by_day_modality[(r.day, r.modality)].append(r)
 
-    # Twins: same family name and birth date, different given names, both expected the same day.
-    twin_requests: list[Request] = []
-    for _ in range(max(1, n // 2)):
-        a = b.new_patient()
-        b_sex = rng.choice(["F", "M"])
-        given_pool = CULTURES.get(a.culture, CULTURES["german"])[1 if b_sex == "M" else 2]
-        twin = b.new_patient(culture=a.culture, sex=b_sex)
-        twin.family, twin.birth_date = a.family, a.birth_date
-        twin.given = rng.choice([g for g in given_pool if g != a.given])
-        day, modality = rng.choice(DAYS), rng.choice(["DX", "US", "CT", "MR"])
-        twin_requests += [b.new_request(a, day, modality), b.new_request(twin, day, modality)]
+    @property
+    def requests(self) -> list[Request]:
+        return self.b.requests
 
-    # Namesakes: same family and given name, different birth dates, expected the same day.
-    namesake_requests: list[Request] = []
-    for _ in range(max(1, n // 2)):
-        a = b.new_patient()
-        other = b.new_patient(culture=a.culture, sex=a.sex)
-        other.family, other.given = a.family, a.given
-        while other.birth_date == a.birth_date:
-            other.birth_date = b._birth_date()
-        day, modality = rng.choice(DAYS), rng.choice(["DX", "US", "CT", "MR"])
-        namesake_requests += [b.new_request(a, day, modality), b.new_request(other, day, modality)]
-
-    # Patients never scheduled (unscheduled studies, and the victims of a wrong accession).
-    unscheduled_patients = [b.new_patient() for _ in range(n)]
-
-    special = {r.id for r in twin_requests + namesake_requests}
-    free = [r for r in b.requests if r.id not in special]
-    rng.shuffle(free)
-    studies: list[LabelledStudy] = []
-
-    def take(predicate: Any = None) -> Request:
+    def _take(self, predicate: Any = None) -> Request:
+        free = self.free
+        if not free:  # more studies than requests: a second study for an already imaged request
+            return self.b.rng.choice(self.b.requests)
         for i, r in enumerate(free):
             if predicate is None or predicate(r):
                 return free.pop(i)
         return free.pop()
 
-    def add(r: Request | None, scenario: str, patient: Patient, document: DicomJson, accession: str) -> None:
-        studies.append(LabelledStudy(f"S{len(studies) + 1:06d}", document, r.id if r else None, scenario,
-                                     patient.key, accession))
+    def _wrong(self, victim: Request) -> Request:
+        """Another patient's request of the same day, same modality where there is one."""
+        rng = self.b.rng
+        same = self.by_day_modality[(victim.day, victim.modality)]
+        for _ in range(20):
+            o = rng.choice(same)
+            if o.patient.key != victim.patient.key:
+                return o
+        same_day = [o for m in MODALITY_WEIGHTS for o in self.by_day_modality[(victim.day, m)]
+                    if o.patient.key != victim.patient.key]
+        return rng.choice(same_day)
 
-    def maybe_accession() -> tuple[bool | None, str]:
-        return (True, "kept") if rng.random() < 0.5 else (None, "missing")
+    def studies(self) -> Iterator[LabelledStudy]:
+        b, rng, n = self.b, self.b.rng, self.n
+        count = 0
 
-    for _ in range(n):
-        r = take()
-        add(r, EXACT, r.patient, b.study_document(r), "kept")
-    for _ in range(n):
-        r = take()
-        acc, label = maybe_accession()
-        family, given = r.patient.family, r.patient.given
-        edits = rng.choice((1, 2))
-        if rng.random() < 0.6:
-            family = typo(rng, family, edits)
-        else:
-            given = typo(rng, given, edits)
-        add(r, TYPO, r.patient, b.study_document(r, name=f"{family}^{given}", accession=acc,
-                                                 hand_entered=acc is None), label)
-    for _ in range(n):
-        r = take()
-        acc, label = maybe_accession()
-        add(r, SWAPPED, r.patient, b.study_document(r, name=f"{r.patient.given}^{r.patient.family}", accession=acc,
-                                                    hand_entered=acc is None), label)
-    for _ in range(n):
-        r = take(lambda r: r.patient.sex == "F")
-        acc, label = maybe_accession()
-        p = r.patient
-        culture = p.culture if p.culture in CULTURES else "german"
-        new_family = b._family(culture, "F")
-        while new_family == p.family:
-            new_family = b._family(culture, "F")
-        if rng.random() < 0.3:
-            new_family = f"{new_family}-{p.family}"
-        add(r, MARRIED, p, b.study_document(r, name=f"{new_family}^{p.given}", accession=acc,
-                                            local_pid=rng.random() < 0.3, hand_entered=acc is None), label)
-    for r in twin_requests:
-        add(r, TWINS, r.patient, b.study_document(r, accession=None, local_pid=rng.random() < 0.5,
-                                                  hand_entered=True), "missing")
-    for r in namesake_requests:
-        add(r, SAME_NAME, r.patient, b.study_document(r, accession=None, local_pid=rng.random() < 0.5,
+        def make(r: Request | None, scenario: str, document: DicomJson, accession: str,
+                 patient: Patient | None = None) -> LabelledStudy:
+            nonlocal count
+            count += 1
+            imaged = patient or (r.patient if r else None)
+            return LabelledStudy(f"S{count:06d}", document, r.id if r else None, scenario,
+                                 imaged.key if imaged else "-", accession)
+
+        def acc() -> tuple[bool | None, str]:
+            return (True, "kept") if rng.random() < 0.5 else (None, "missing")
+
+        def stream() -> Iterator[LabelledStudy]:
+            for _ in range(n):
+                r = self._take()
+                yield make(r, EXACT, b.study_document(r), "kept")
+            for _ in range(n):
+                r = self._take()
+                a, label = acc()
+                family, given = r.patient.family, r.patient.given
+                edits = rng.choice((1, 2))
+                if rng.random() < 0.6:
+                    family = typo(rng, family, edits)
+                else:
+                    given = typo(rng, given, edits)
+                yield make(r, TYPO, b.study_document(r, name=f"{family}^{given}", accession=a,
+                                                     hand_entered=a is None), label)
+            for _ in range(n):
+                r = self._take()
+                a, label = acc()
+                yield make(r, SWAPPED, b.study_document(r, name=f"{r.patient.given}^{r.patient.family}",
+                                                        accession=a, hand_entered=a is None), label)
+            for _ in range(n):
+                r = self._take(lambda r: r.patient.sex == "F")
+                a, label = acc()
+                p = r.patient
+                culture = p.culture if p.culture in CULTURES else "german"
+                new_family = b._family(culture, "F")
+                while new_family == p.family:
+                    new_family = b._family(culture, "F")
+                if rng.random() < 0.3:
+                    new_family = f"{new_family}-{p.family}"
+                yield make(r, MARRIED, b.study_document(r, name=f"{new_family}^{p.given}", accession=a,
+                                                        local_pid=rng.random() < 0.3, hand_entered=a is None), label)
+            for r in self.twin_requests:
+                yield make(r, TWINS, b.study_document(r, accession=None, local_pid=rng.random() < 0.5,
                                                       hand_entered=True), "missing")
-    for _ in range(n):
-        r = take()
-        add(r, MISSING_ACCESSION, r.patient, b.study_document(r, accession=None, hand_entered=True), "missing")
-    for i in range(n):
-        # The technologist typed (or picked) the accession of ANOTHER patient's request, same day.
-        victim = take()
-        same_day = [o for o in b.requests if o.day == victim.day and o.patient.key != victim.patient.key]
-        same_modality = [o for o in same_day if o.modality == victim.modality]
-        wrong = rng.choice(same_modality or same_day)
-        if i % 3 == 2:  # the imaged patient had no request at all
-            patient = unscheduled_patients[i % len(unscheduled_patients)]
-            pseudo = Request("-", patient, "", victim.modality, victim.station, victim.code, victim.description,
-                             victim.day, victim.time, "", victim.referring)
-            free.append(victim)
-            add(None, WRONG_ACCESSION, patient, b.study_document(pseudo, accession=wrong.accession,
-                                                                 local_pid=rng.random() < 0.3,
-                                                                 hand_entered=True), "wrong")
-        else:
-            add(victim, WRONG_ACCESSION, victim.patient,
-                b.study_document(victim, accession=wrong.accession, local_pid=rng.random() < 0.3,
-                                 hand_entered=True), "wrong")
-    for _ in range(n):
-        r = take(lambda r: r.patient.name != ascii_fold(r.patient.name) or any(
-            w in TRANSLITERATIONS for w in r.patient.name.replace("^", " ").split()))
-        acc, label = maybe_accession()
-        p = r.patient
-        family, given = p.family, p.given
-        part = rng.random()
-        if part < 0.45:
-            family = rng.choice(name_variants(family))
-        elif part < 0.7:
-            given = rng.choice(name_variants(given))
-        else:
-            fold = rng.choice((ascii_fold, german_fold))
-            family, given = fold(family), fold(given)
-            if rng.random() < 0.5:
-                family, given = family.upper(), given.upper()
-        if f"{family}^{given}" == p.name:
-            family = family.upper() if family != family.upper() else ascii_fold(family)
-        add(r, UMLAUT, p, b.study_document(r, name=f"{family}^{given}", accession=acc, hand_entered=acc is None),
-            label)
-    for _ in range(n):
-        r = take()
-        acc, label = maybe_accession()
-        add(r, NAMESPACE, r.patient, b.study_document(r, accession=acc, local_pid=True, hand_entered=acc is None),
-            label)
-    for _ in range(n):
-        r = take()
-        acc, label = maybe_accession()
-        add(r, TIME_SHIFT, r.patient, b.study_document(r, accession=acc, day_shift=1, hand_entered=acc is None),
-            label)
-    for _ in range(n):
-        r = take()
-        acc, label = maybe_accession()
-        add(r, MISSING_BIRTH_DATE, r.patient, b.study_document(r, accession=acc, birth_date=None,
-                                                               hand_entered=acc is None), label)
-    for i in range(n):
-        # A study nobody requested: half of a known patient (requests on other days or for another
-        # modality the same day), half of a patient never scheduled.
-        if i % 2 == 0:
-            known = take()
-            free.append(known)
-            patient = known.patient
-            others = [m for m in MODALITY_WEIGHTS
-                      if m not in {o.modality for o in b.by_patient[patient.key]} and not (
-                          m == "MG" and patient.sex == "M")]
-            modality = rng.choice(others or ["DX"])
-            day = known.day if rng.random() < 0.5 else rng.choice(DAYS)
-        else:
-            patient = unscheduled_patients[-1 - i // 2]
-            modality, day = rng.choice(["DX", "CT", "US"]), rng.choice(DAYS)
-        stations, procedures = CATALOG[modality]
-        code, description = rng.choice(procedures)
-        pseudo = Request("-", patient, "", modality, rng.choice(stations), code, description, day,
-                         f"{rng.randrange(7, 18):02d}0000", "", rng.choice(REFERRING))
-        add(None, UNSCHEDULED, patient, b.study_document(pseudo, accession=None, hand_entered=True), "missing")
+            for r in self.namesake_requests:
+                yield make(r, SAME_NAME, b.study_document(r, accession=None, local_pid=rng.random() < 0.5,
+                                                          hand_entered=True), "missing")
+            for _ in range(n):
+                r = self._take()
+                yield make(r, MISSING_ACCESSION, b.study_document(r, accession=None, hand_entered=True), "missing")
+            for i in range(n):
+                # The technologist typed (or picked) the accession of ANOTHER patient's request, same day.
+                victim = self._take()
+                wrong = self._wrong(victim)
+                if i % 3 == 2:  # the imaged patient had no request at all
+                    patient = self.unscheduled[i % len(self.unscheduled)]
+                    pseudo = Request("-", patient, "", victim.modality, victim.station, victim.code,
+                                     victim.description, victim.day, victim.time, "", victim.referring)
+                    self.free.append(victim)
+                    yield make(None, WRONG_ACCESSION, b.study_document(
+                        pseudo, accession=wrong.accession, local_pid=rng.random() < 0.3, hand_entered=True),
+                        "wrong", patient)
+                else:
+                    yield make(victim, WRONG_ACCESSION, b.study_document(
+                        victim, accession=wrong.accession, local_pid=rng.random() < 0.3, hand_entered=True), "wrong")
+            for _ in range(n):
+                r = self._take(lambda r: r.patient.name != ascii_fold(r.patient.name) or any(
+                    w in TRANSLITERATIONS for w in r.patient.name.replace("^", " ").split()))
+                a, label = acc()
+                p = r.patient
+                family, given = p.family, p.given
+                part = rng.random()
+                if part < 0.45:
+                    family = rng.choice(name_variants(family))
+                elif part < 0.7:
+                    given = rng.choice(name_variants(given))
+                else:
+                    fold = rng.choice((ascii_fold, german_fold))
+                    family, given = fold(family), fold(given)
+                    if rng.random() < 0.5:
+                        family, given = family.upper(), given.upper()
+                if f"{family}^{given}" == p.name:
+                    family = family.upper() if family != family.upper() else ascii_fold(family)
+                yield make(r, UMLAUT, b.study_document(r, name=f"{family}^{given}", accession=a,
+                                                       hand_entered=a is None), label)
+            for _ in range(n):
+                r = self._take()
+                a, label = acc()
+                yield make(r, NAMESPACE, b.study_document(r, accession=a, local_pid=True, hand_entered=a is None),
+                           label)
+            for _ in range(n):
+                r = self._take()
+                a, label = acc()
+                yield make(r, TIME_SHIFT, b.study_document(r, accession=a, day_shift=1, hand_entered=a is None),
+                           label)
+            for _ in range(n):
+                r = self._take()
+                a, label = acc()
+                yield make(r, MISSING_BIRTH_DATE, b.study_document(r, accession=a, birth_date=None,
+                                                                   hand_entered=a is None), label)
+            i = 0
+            while True:
+                # A study nobody requested, as many as needed to reach n_studies: half of a known patient
+                # (requests on other days or for another modality the same day), half never scheduled.
+                if i % 2 == 0:
+                    known = self._take()
+                    self.free.append(known)
+                    patient: Patient = known.patient
+                    others = [m for m in MODALITY_WEIGHTS
+                              if m not in {o.modality for o in b.by_patient[patient.key]} and not (
+                                  m == "MG" and patient.sex == "M")]
+                    modality = rng.choice(others or ["DX"])
+                    day = known.day if rng.random() < 0.5 else rng.choice(DAYS)
+                else:
+                    patient = self.unscheduled[-1 - (i // 2) % len(self.unscheduled)]
+                    modality, day = rng.choice(["DX", "CT", "US"]), rng.choice(DAYS)
+                stations, procedures = CATALOG[modality]
+                code, description = rng.choice(procedures)
+                pseudo = Request("-", patient, "", modality, rng.choice(stations), code, description, day,
+                                 f"{rng.randrange(7, 18):02d}0000", "", rng.choice(REFERRING))
+                yield make(None, UNSCHEDULED, b.study_document(pseudo, accession=None, hand_entered=True), "missing",
+                           patient)
+                i += 1
 
+        for study in stream():
+            if count > self.n_studies:
+                return
+            yield study
+
+
+def generate_population(seed: int = 20240611, n_requests: int = 3600, studies_per_scenario: int = 150,
+                        ) -> Population:
+    """A deterministic adversarial population: about ``n_requests`` open requests and
+    ``13 * studies_per_scenario`` studies, collected from a ``ScenarioStream``."""
+    stream = ScenarioStream(seed, n_requests, 13 * studies_per_scenario)
+    studies = list(stream.studies())
+    b = stream.b
     requests = {r.id: b.request_document(r) for r in b.requests}
     return Population(requests, studies, {r.id: r.patient.key for r in b.requests})
