@@ -17,7 +17,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..domain.clock import utc_stamp
@@ -260,9 +260,7 @@ def _write_request(conn: Connection, request: ImagingRequest) -> None:
     values = {"status": request.status.value, "accession_number": request.accession_number,
               "requested_procedure_id": request.requested_procedure_id, "study_uid": request.study_uid,
               "patient_id": request.patient_id, "attributes": _dump(request.attributes), "updated_at": utc_stamp()}
-    found = conn.execute(update(r).where(r.c.request_id == request.request_id).values(**values)).rowcount
-    if not found:
-        conn.execute(insert(r).values(request_id=request.request_id, **values))
+    _put(conn, r, {"request_id": request.request_id}, values)
     conn.execute(delete(s).where(s.c.request_id == request.request_id))
     if request.steps:
         conn.execute(insert(s), [
@@ -276,8 +274,7 @@ def _write_performed(conn: Connection, p: PerformedStep) -> None:
     t = schema.performed_steps
     values = {"status": p.status, "calling_ae": p.calling_ae, "sps_ids": json.dumps(list(p.sps_ids)),
               "attributes": _dump(p.attributes), "created_at": p.created_at, "updated_at": p.updated_at}
-    if not conn.execute(update(t).where(t.c.sop_uid == p.sop_uid).values(**values)).rowcount:
-        conn.execute(insert(t).values(sop_uid=p.sop_uid, **values))
+    _put(conn, t, {"sop_uid": p.sop_uid}, values)
 
 
 def _write_link(conn: Connection, link: StudyLink) -> None:
@@ -285,33 +282,37 @@ def _write_link(conn: Connection, link: StudyLink) -> None:
     values = {"status": link.status, "linked_at": link.linked_at,
               "confidence": None if link.confidence is None else repr(link.confidence),
               "differences": json.dumps(list(link.differences)) if link.differences else None}
-    where = (t.c.study_uid == link.study_uid, t.c.request_id == link.request_id)
-    if not conn.execute(update(t).where(*where).values(**values)).rowcount:
-        conn.execute(insert(t).values(study_uid=link.study_uid, request_id=link.request_id, **values))
+    _put(conn, t, {"study_uid": link.study_uid, "request_id": link.request_id}, values)
     conn.execute(insert(schema.study_link_events).values(
         study_uid=link.study_uid, request_id=link.request_id, status=link.status, actor=link.actor,
         reason=link.reason, confidence=values["confidence"], at=link.linked_at))
 
 
 def _write_study_keys(conn: Connection, study_uid: str, keys: Sequence[str]) -> None:
-    k = schema.study_keys
-    conn.execute(delete(k).where(k.c.study_uid == study_uid))
-    if keys:
-        conn.execute(insert(k), [{"study_uid": study_uid, "key": key[:200]} for key in sorted(set(keys))])
+    _replace_keys(conn, schema.study_keys, "study_uid", study_uid, keys)
 
 
 def _write_keys(conn: Connection, request_id: str, keys: Sequence[str]) -> None:
-    k = schema.request_keys
-    conn.execute(delete(k).where(k.c.request_id == request_id))
+    _replace_keys(conn, schema.request_keys, "request_id", request_id, keys)
+
+
+def _replace_keys(conn: Connection, table: Table, owner_column: str, owner: str, keys: Sequence[str]) -> None:
+    """The blocking keys of a request or a study, in place of those it had."""
+    conn.execute(delete(table).where(table.c[owner_column] == owner))
     if keys:
-        conn.execute(insert(k), [{"request_id": request_id, "key": key[:200]} for key in sorted(set(keys))])
+        conn.execute(insert(table), [{owner_column: owner, "key": key[:200]} for key in sorted(set(keys))])
 
 
 def _write_arrival(conn: Connection, study_uid: str, seen: str) -> None:
-    t = schema.study_arrivals
-    values = {"seen_updated_at": seen, "handled_at": utc_stamp()}
-    if not conn.execute(update(t).where(t.c.study_uid == study_uid).values(**values)).rowcount:
-        conn.execute(insert(t).values(study_uid=study_uid, **values))
+    _put(conn, schema.study_arrivals, {"study_uid": study_uid}, {"seen_updated_at": seen, "handled_at": utc_stamp()})
+
+
+def _put(conn: Connection, table: Table, key: dict[str, str], values: dict[str, Any]) -> None:
+    """Update the row with this primary key, or insert it (the same statements in SQLite and PostgreSQL;
+    a concurrent insert of the same key makes the commit fail with Conflict)."""
+    where = [table.c[column] == value for column, value in key.items()]
+    if not conn.execute(update(table).where(*where).values(**values)).rowcount:
+        conn.execute(insert(table).values(**key, **values))
 
 
 # --- reads ------------------------------------------------------------------------------------------
