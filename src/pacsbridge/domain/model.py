@@ -117,3 +117,10 @@ class Origin:
     door: str  # "stow-rs", "c-store", "import", ...
     remote: str | None = None
     subject: str | None = None
+
+
+def first_text(attributes: DicomJson, tag: str) -> str | None:
+    """The first value of an element of a DICOM JSON object when it is a non-empty string (a UID, an ID,
+    a code, a date); None when the element is absent, empty or not text."""
+    values = (attributes.get(tag) or {}).get("Value") or []
+    return values[0] if values and isinstance(values[0], str) and values[0] else None

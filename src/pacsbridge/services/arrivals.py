@@ -33,7 +33,7 @@ from ..domain.access import SYSTEM
 from ..domain.clock import utc_stamp
 from ..domain.errors import Conflict, PacsbridgeError
 from ..domain.links import ACTING, LinkStatus
-from ..domain.model import DicomJson, Level, Scope
+from ..domain.model import DicomJson, Level, Scope, first_text
 from ..domain.orders import ImagingRequest, RequestStatus, StepStatus, move_step
 from ..domain.query import Match, MatchKind, Query
 from .imaging_studies import ImagingStudyService
@@ -94,10 +94,10 @@ class StudyArrivals:
             return
         linked = {link.request_id for link in await self.records.links(study_uid=study_uid) if link.status in ACTING}
         sps_ids, rp_ids, first = await self._references(study_uid)
-        accession = _first(study, ACCESSION)
+        accession = first_text(study, ACCESSION)
         candidates = await self.records.requests_for(sps_ids=sorted(sps_ids), study_uids=[study_uid],
                                                      accession_numbers=[accession] if accession else [])
-        patient_id = _first(study, PATIENT_ID)
+        patient_id = first_text(study, PATIENT_ID)
         named = [r for r in candidates if r.request_id not in linked and r.status in LINKABLE
                  and (r.study_uid == study_uid or r.accession_number == accession
                       or sps_ids & {s.sps_id for s in r.steps} or r.requested_procedure_id in rp_ids)]
@@ -181,9 +181,9 @@ class StudyArrivals:
         query = Query(Level.INSTANCE, (Match(STUDY_UID, "UI", MatchKind.SINGLE, value=study_uid),))
         firsts: dict[str, str] = {}
         for instance in (await self.search.search(query, SYSTEM_ALL)).results:
-            series = _first(instance, SERIES_UID)
+            series = first_text(instance, SERIES_UID)
             if series and series not in firsts:
-                firsts[series] = _first(instance, SOP_UID) or ""
+                firsts[series] = first_text(instance, SOP_UID) or ""
         sps_ids: set[str] = set()
         rp_ids: set[str] = set()
         first: DicomJson = {}
@@ -199,8 +199,3 @@ class StudyArrivals:
 
 SYSTEM_ALL = replace(SYSTEM, operator=True)
 """pacsbridge itself, reading every patient's studies for its own bookkeeping."""
-
-
-def _first(result: DicomJson, tag: str) -> str | None:
-    values = (result.get(tag) or {}).get("Value") or []
-    return str(values[0]) if values and isinstance(values[0], str) else None

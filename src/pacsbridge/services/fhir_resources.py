@@ -14,7 +14,6 @@ Rules:
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from ..domain.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from ..formats.fhir_search import Criterion
 from .fhir_index import index_entries
-from .orders import fhir_now
+from .orders import fhir_now, next_version
 from .ports import OrderChange, OrderRecords, ResourceVersion, ResourceWrite
 
 FhirJson = dict[str, Any]
@@ -88,14 +87,10 @@ class ResourceService:
         return gone
 
     async def _write(self, id_: str, given: FhirJson, current: ResourceVersion | None, method: str) -> ResourceVersion:
-        resource = copy.deepcopy(given)
-        resource["id"] = id_
-        version = (current.version if current else 0) + 1
-        resource["meta"] = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": fhir_now()}
-        stored = ResourceVersion(self.type, id_, version, resource["meta"]["lastUpdated"], resource, method)
+        stored = next_version(self.type, id_, given, current.version if current else 0, method)
         try:
             await self.records.commit(OrderChange(resources=(
-                ResourceWrite(stored, current.version if current else 0, index_entries(resource)),)))
+                ResourceWrite(stored, current.version if current else 0, index_entries(stored.resource or {})),)))
         except Conflict as exc:
             raise PreconditionFailed(f"{self.type}/{id_} changed meanwhile: {exc.message}") from None
         return stored

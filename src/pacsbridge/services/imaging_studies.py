@@ -20,7 +20,7 @@ from typing import Any
 from ..domain.access import Principal
 from ..domain.errors import NotFound
 from ..domain.links import ACTING
-from ..domain.model import DicomJson, Level
+from ..domain.model import DicomJson, Level, first_text
 from ..domain.query import Match, MatchKind, Query
 from ..mapping import Mapping
 from .patients import FhirJson, PatientIdentity
@@ -92,15 +92,15 @@ class ImagingStudyService:
 
     async def build(self, study: DicomJson, principal: Principal) -> FhirJson:
         """The ImagingStudy of one study-level result (series and instances are searched for)."""
-        study_uid = _first(study, STUDY_UID) or ""
+        study_uid = first_text(study, STUDY_UID) or ""
         series = await self._studies(Query(Level.SERIES, (_uids(STUDY_UID, (study_uid,)),), include_all=True),
                                      principal)
         instances = await self._studies(Query(Level.INSTANCE, (_uids(STUDY_UID, (study_uid,)),), include_all=True),
                                         principal)
         by_series: dict[str, list[DicomJson]] = {}
         for instance in instances:
-            by_series.setdefault(_first(instance, SERIES_UID) or "", []).append(instance)
-        source = {**study, "series": [{**s, "instances": by_series.get(_first(s, SERIES_UID) or "", [])}
+            by_series.setdefault(first_text(instance, SERIES_UID) or "", []).append(instance)
+        source = {**study, "series": [{**s, "instances": by_series.get(first_text(s, SERIES_UID) or "", [])}
                                       for s in series]}
         links = [link for link in await self.records.links(study_uid=study_uid) if link.status in ACTING]
         subject = await self._subject(study, [link.request_id for link in links])
@@ -120,7 +120,7 @@ class ImagingStudyService:
             reference = subject.get("reference")
             if isinstance(reference, str) and reference and not reference.startswith("#"):
                 return {"reference": reference}
-        patient_id = _first(study, PATIENT_ID)
+        patient_id = first_text(study, PATIENT_ID)
         return {"identifier": {"system": self.identity.system, "value": patient_id}} if patient_id else {
             "display": "unknown patient"}
 
@@ -133,8 +133,3 @@ def _uids(tag: str, values: Sequence[str]) -> Match:
     if len(values) == 1:
         return Match(tag, vr, MatchKind.SINGLE, value=values[0])
     return Match(tag, vr, MatchKind.UID_LIST, values=tuple(values))
-
-
-def _first(result: DicomJson, tag: str) -> str | None:
-    values = (result.get(tag) or {}).get("Value") or []
-    return str(values[0]) if values and isinstance(values[0], str) else None

@@ -26,8 +26,8 @@ from ..mapping import MatchResult
 from .arrivals import StudyArrivals
 from .fhir_index import index_entries
 from .matching import Candidate, StudyMatcher, request_keys
-from .orders import fhir_now, status_notification, worklist_item
-from .ports import Notification, OrderChange, OrderRecords, ResourceVersion, ResourceWrite
+from .orders import status_notification, with_status, worklist_item
+from .ports import Notification, OrderChange, OrderRecords, ResourceWrite
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class LinkReview:
             if not others:
                 current = await self.records.resource("ServiceRequest", request_id)
                 if current is not None and current.resource is not None:
-                    reopened = _reopened(current)
+                    reopened = with_status(current.resource, RequestStatus.ACTIVE, current)
                     writes.append(ResourceWrite(reopened, current.version, index_entries(reopened.resource or {})))
                     notifications.append(status_notification(reopened.resource or {}, RequestStatus.COMPLETED))
                 request = replace(request, status=RequestStatus.ACTIVE)
@@ -133,10 +133,3 @@ class LinkReview:
             resource.pop("basedOn", None)
         return resource
 
-
-def _reopened(current: ResourceVersion) -> ResourceVersion:
-    resource = dict(current.resource or {})
-    resource["status"] = RequestStatus.ACTIVE.value
-    version = current.version + 1
-    resource["meta"] = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": fhir_now()}
-    return ResourceVersion("ServiceRequest", current.id, version, resource["meta"]["lastUpdated"], resource, "PUT")

@@ -25,10 +25,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from ..domain.errors import BusinessRule, Conflict, InvalidInput, MappingError, NotFound, PreconditionFailed
-from ..domain.model import DicomJson
+from ..domain.model import DicomJson, first_text
 from ..domain.orders import (
     ImagingRequest,
     RequestStatus,
@@ -38,6 +37,7 @@ from ..domain.orders import (
     parse_request_status,
     steps_after_request,
 )
+from ..formats.fhir_rest import fhir_instant
 from ..mapping import Mapping, choose
 from .fhir_index import index_entries
 from .patients import FhirJson, PatientDirectory
@@ -168,9 +168,8 @@ class OrderService:
         request = ImagingRequest(request_id=id_, status=status, accession_number=accession,
                                  requested_procedure_id=procedure_id, study_uid=study_uid, patient_id=patient_id,
                                  attributes=attributes, steps=steps)
-        version = (current.version if current else 0) + 1
-        resource["meta"] = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": fhir_now()}
-        stored = ResourceVersion("ServiceRequest", id_, version, resource["meta"]["lastUpdated"], resource, method)
+        stored = next_version("ServiceRequest", id_, resource, current.version if current else 0, method)
+        resource, version = stored.resource or {}, stored.version
         notifications = []
         previous = old.status if old else None
         if previous is not status:
@@ -216,9 +215,9 @@ class OrderService:
             before = previous.pop(sps_id, None)
             status = before.status if before else StepStatus.SCHEDULED
             item = {**item, SPS_ID: {"vr": "SH", "Value": [sps_id]}}
-            steps.append(ScheduledStep(sps_id=sps_id, status=status, station_ae=_text(item, STATION_AE),
-                                       modality=_text(item, MODALITY), start_date=_text(item, START_DATE),
-                                       start_time=_text(item, START_TIME), item=item))
+            steps.append(ScheduledStep(sps_id=sps_id, status=status, station_ae=first_text(item, STATION_AE),
+                                       modality=first_text(item, MODALITY), start_date=first_text(item, START_DATE),
+                                       start_time=first_text(item, START_TIME), item=item))
         for dropped in previous.values():  # rule 3
             steps.append(dropped if dropped.status.final else replace(dropped, status=StepStatus.DISCONTINUED))
         return tuple(steps)
@@ -248,22 +247,23 @@ def worklist_item(request: ImagingRequest, step: ScheduledStep) -> DicomJson:
 
 def fhir_now() -> str:
     """A FHIR instant with milliseconds and an offset (meta.lastUpdated)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return fhir_instant(datetime.now(UTC))
 
 
-def _text(item: DicomJson, tag: str) -> str | None:
-    values = (item.get(tag) or {}).get("Value") or []
-    return str(values[0]) if values and values[0] not in (None, "") else None
+def next_version(type_: str, id_: str, resource: FhirJson, previous: int, method: str = "PUT") -> ResourceVersion:
+    """The version after ``previous`` (0: the first) of a resource, its ``id`` and ``meta.versionId`` and
+    ``meta.lastUpdated`` set (on a shallow copy)."""
+    version = previous + 1
+    stamp = fhir_now()
+    stamped = {**resource, "id": id_,
+               "meta": {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": stamp}}
+    return ResourceVersion(type_, id_, version, stamp, stamped, method)
 
 
 def with_status(resource: FhirJson, status: RequestStatus, current: ResourceVersion) -> ResourceVersion:
     """The next version of a stored ServiceRequest in another status (pacsbridge's own moves, rule 1 of
-    domain.orders)."""
-    updated: dict[str, Any] = copy.deepcopy(resource)
-    updated["status"] = status.value
-    version = current.version + 1
-    updated["meta"] = {**(updated.get("meta") or {}), "versionId": str(version), "lastUpdated": fhir_now()}
-    return ResourceVersion("ServiceRequest", current.id, version, updated["meta"]["lastUpdated"], updated, "PUT")
+    domain.orders, and undoing them)."""
+    return next_version("ServiceRequest", current.id, {**resource, "status": status.value}, current.version)
 
 
 async def settle_request(records: OrderRecords, before: ImagingRequest, after: ImagingRequest,

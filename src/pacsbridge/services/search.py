@@ -12,7 +12,7 @@ import anyio.to_thread
 
 from ..domain.access import Principal
 from ..domain.levels import CONDITIONAL_RETURN, REQUIRED_RETURN, REQUIRED_VR, level_of
-from ..domain.model import DicomJson, Level
+from ..domain.model import DicomJson, Level, first_text
 from ..domain.query import Match, MatchKind, Query
 from . import audit
 from .ports import Archive, SearchPage
@@ -74,7 +74,7 @@ class SearchService:
 
     async def search(self, query: Query, principal: Principal) -> SearchPage:
         page = await self.archive.search(with_patient_context(query, principal))
-        audit.touched_all((_first(r, "00100020"), _first(r, "0020000D")) for r in page.results)
+        audit.touched_all((first_text(r, "00100020"), first_text(r, "0020000D")) for r in page.results)
         tags = return_tags(query)
 
         def projected() -> list[DicomJson]:
@@ -83,8 +83,3 @@ class SearchService:
         # Off the event loop: a page of 1,000 results is milliseconds of pure Python.
         results = await anyio.to_thread.run_sync(projected) if len(page.results) > 20 else projected()
         return SearchPage(results, page.remaining)
-
-
-def _first(result: DicomJson, tag: str) -> str | None:
-    value = result.get(tag, {}).get("Value")
-    return value[0] if value and isinstance(value[0], str) else None
