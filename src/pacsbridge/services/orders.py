@@ -35,6 +35,7 @@ from ..domain.orders import (
     StepStatus,
     check_request_move,
     parse_request_status,
+    request_after_steps,
     steps_after_request,
 )
 from ..formats.fhir_rest import fhir_instant
@@ -271,8 +272,6 @@ async def settle_request(records: OrderRecords, before: ImagingRequest, after: I
                                                                         list[Notification]]:
     """What changing a request's steps (MPPS, a study's arrival) makes of it: the request in the status its
     steps give (or ``status``), the ServiceRequest's next version if that changed, and the notifications."""
-    from ..domain.orders import request_after_steps
-
     target = status or request_after_steps(after)
     if target is not after.status:
         check_request_move(after.status, target, ())
