@@ -83,7 +83,10 @@ def test_a_reviewer_confirms_and_then_unlinks_an_unsure_study_with_the_keyboard(
 
     page.goto(server.url + "/ui/links")
     page.wait_for_url("**/login?next=*")
-    page.keyboard.type(USER)  # the user name field has the focus
+    # autofocus lands at the browser's next rendering step, which may come after "load": wait for it, or the
+    # first keystrokes go to the body and the form is sent with the password in the user name field
+    expect(page.locator("input[name=username]")).to_be_focused()
+    page.keyboard.type(USER)
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
     page.keyboard.press("Enter")
