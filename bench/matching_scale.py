@@ -20,9 +20,10 @@ What it does, as the service does it (``services/matching.py``, ``backends/order
 3. **Matching.** For each study, in arrival order: its blocking keys (``rules.blocking_keys``), the
    candidates by ``SqlOrderRecords.requests_by_keys`` (the real query over ``request_keys``, one
    worker-thread hop per study), each candidate's worklist item (``worklist_item``) scored by
-   ``rules.score``, best first, and the decision as ``StudyMatcher.study_arrived`` takes it (a tie at
-   the top is never auto-certain). The loop is ``StudyMatcher.candidates`` with timers; the first
-   studies are checked against ``StudyMatcher.candidates`` itself. Nothing is written back (links
+   ``rules.score``, best first, and the decision as ``StudyMatcher.study_arrived`` takes it
+   (``rules.choose``: a tie at the top, or a rival within the margin, is never auto-certain). The
+   loop is ``StudyMatcher.candidates`` with timers; the first studies are checked against
+   ``StudyMatcher.candidates`` itself. Nothing is written back (links
    would remove requests from later blocks and make the figures depend on the order).
 4. **Report.** Time per phase, per study mean/p50/p95/max, candidates per study (mean, p95, max and
    the share of the N x M pairs actually scored), the decisions and how many auto-certain links
@@ -151,7 +152,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     t_keys = t_sql = t_score = t_gen_studies = 0.0
     decisions: Counter[str] = Counter()
     scenario_rows: dict[str, Counter[str]] = defaultdict(Counter)
-    ties = wrong_certain = truth_missed = checked = 0
+    wrong_certain = truth_missed = checked = 0
+    held_back: Counter[str] = Counter()
     owner = {r.id: r.patient.key for r in population.requests}
     wrong_rows: dict[str, Counter[str]] = defaultdict(Counter)
     scored_pairs = 0
@@ -187,16 +189,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         candidates.append(len(found))
         if study.truth is not None and study.truth not in {r.request_id for r in found}:
             truth_missed += 1
-        if not scored or scored[0][0].decision == "unlinked":
-            decision, chosen = "unlinked", None
-        else:
-            best, chosen = scored[0]
-            decision = best.decision
-            tied = len(scored) > 1 and scored[1][0].confidence >= best.confidence
-            if tied:
-                ties += 1
-                if decision == "auto-certain":
-                    decision = "auto-unsure"  # StudyMatcher.study_arrived: a tie never acts
+        choice = rules.choose([res for res, _ in scored])  # as StudyMatcher._decide takes it
+        decision, chosen = choice.decision, scored[0][1] if choice.decision != "unlinked" else None
+        held_back[choice.held_back or "-"] += 1
         decisions[decision] += 1
         scenario_rows[study.scenario][decision] += 1
         if decision == "auto-certain" and chosen != study.truth:
@@ -268,7 +263,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "checked_against_study_matcher": checked,
         },
         "decisions": dict(sorted(decisions.items())),
-        "ties_at_top": ties,
+        "held_back_to_unsure": {k: v for k, v in sorted(held_back.items()) if k != "-"},
         "wrong_auto_certain": wrong_certain,
         "wrong_auto_certain_by_scenario": {s: dict(c) for s, c in wrong_rows.items()},
         "truth_not_in_candidates": truth_missed,
@@ -320,6 +315,7 @@ def render(r: dict[str, Any]) -> str:
         ("pairs scored / all pairs", f"{c['scored_pairs']:,} / {r['requests'] * r['studies']:,} "
                                      f"({100 * c['share_of_all_pairs']:.4f} %)"),
         ("decisions", ", ".join(f"{k} {v:,}" for k, v in r["decisions"].items())),
+        ("held back to auto-unsure", ", ".join(f"{k} {v:,}" for k, v in r["held_back_to_unsure"].items()) or "none"),
         ("wrong auto-certain", f"{r['wrong_auto_certain']} " + json.dumps(r["wrong_auto_certain_by_scenario"],
                                                                         ensure_ascii=False)),
         ("peak RSS", f"{mem['peak_rss_mb']:.0f} MB (before matching {mem['rss_before_matching_mb']:.0f} MB)"),

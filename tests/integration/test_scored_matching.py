@@ -38,8 +38,12 @@ def order_for(server: RunningServer, patient_id: str, family: str, birth_date: s
     patient = httpx.post(server.url + "/fhir/Patient", json={
         **patient_json(patient_id, family=family, birth_date=birth_date), "gender": "female"})
     assert patient.status_code == 201, patient.text
+    return another_order(server, f"Patient/{patient.json()['id']}")
+
+
+def another_order(server: RunningServer, patient: str, at: str = "09:00") -> str:
     order = httpx.post(server.url + "/fhir/ServiceRequest", json=order_json(
-        f"Patient/{patient.json()['id']}", occurrenceDateTime=TODAY.isoformat() + "T09:00:00Z"))
+        patient, occurrenceDateTime=f"{TODAY.isoformat()}T{at}:00Z"))
     assert order.status_code == 201, order.text
     return str(order.json()["id"])
 
@@ -104,6 +108,26 @@ def test_another_patients_study_is_never_linked(server: RunningServer) -> None:
     time.sleep(2)  # stable (0.5 s) and handled
     links = anyio.run(lambda: server.app.state.services.orders.records.links(study_uid=study_uid))
     assert [link.status for link in links if link.status == "auto-certain"] == []
+
+
+def test_two_open_orders_of_one_patient_that_barely_differ_wait_for_a_person(server: RunningServer) -> None:
+    pid = unique("PID-")
+    morning = order_for(server, pid, "Weber", "1970-02-03")
+    patient = httpx.get(f"{server.url}/fhir/ServiceRequest/{morning}").json()["subject"]["reference"]
+    afternoon = another_order(server, patient, at="14:00")
+    # The same CT for the same patient, twice today; the study (no accession) began at 10:00. The
+    # morning order scores higher (performed within hours of it) but leads by less than the margin.
+    study_uid = stow_study(server, PatientID=pid, PatientName="Weber^Jane", PatientBirthDate="19700203",
+                           AccessionNumber=None, StudyTime="100000")
+    links = links_of(server, study_uid)
+    assert [(link.request_id, link.status) for link in links] == [(morning, "auto-unsure")]
+    history = anyio.run(lambda: server.app.state.services.orders.records.link_history(study_uid))
+    assert "another request came within the margin of 0.05" in (history[-1].reason or "")
+    candidates = anyio.run(lambda: server.app.state.services.orders.review.candidates(study_uid))
+    assert [c.request.request_id for c in candidates[:2]] == [morning, afternoon]
+    assert 0 < candidates[0].result.confidence - candidates[1].result.confidence < 0.05
+    for order in (morning, afternoon):
+        assert httpx.get(f"{server.url}/fhir/ServiceRequest/{order}").json()["status"] == "active"
 
 
 def test_a_person_confirms_an_unsure_link_then_undoes_it(server: RunningServer) -> None:

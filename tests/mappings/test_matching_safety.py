@@ -1,8 +1,9 @@
 """Safety, measured (issue 6, deliverable 5): the shipped default matching file on an adversarial population.
 
 Every study of the seeded population (``tests/support/matching_population.py``) is scored against the
-requests sharing a blocking key with it; the best-scoring candidate is chosen (a tie at the top links
-nothing automatically). The default file must never link a study automatically-certain to a request it
+requests sharing a blocking key with it, and the best-scoring candidate is decided on as
+``StudyMatcher`` does (``MatchingRules.choose``: a tie at the top, or a rival within the file's margin, is
+never auto-certain). The default file must never link a study automatically-certain to a request it
 does not answer, and must auto-link exact copies. ``-s`` prints the table; ``PACSBRIDGE_WRITE_RESULTS=1``
 writes it to ``bench/results/matching-safety.json``.
 
@@ -40,7 +41,7 @@ SEED = 20240611
 @dataclass(frozen=True)
 class Outcome:
     study: LabelledStudy
-    chosen: str | None  # the best candidate, None when no candidate or a tie at the top
+    chosen: str | None  # the best candidate, None when it is unlinked
     decision: str  # "auto-certain", "auto-unsure" or "unlinked"
     confidence: float
     candidates: int
@@ -79,14 +80,11 @@ def evaluation(population: Population) -> Evaluation:
             candidates |= index.get(key, set())
         scored = sorted(((rules.score(population.requests[c], study.document), c) for c in candidates),
                         key=lambda pair: (-pair[0].confidence, pair[1]))
-        if not scored or scored[0][0].decision == "unlinked":
-            outcomes.append(Outcome(study, None, "unlinked", scored[0][0].confidence if scored else 0.0,
-                                    len(candidates), study.truth in candidates, False))
-            continue
-        best, chosen = scored[0]
-        tie = len(scored) > 1 and abs(scored[1][0].confidence - best.confidence) < 1e-9
-        outcomes.append(Outcome(study, None if tie else chosen, "unlinked" if tie else best.decision,
-                                best.confidence, len(candidates), study.truth in candidates, tie))
+        choice = rules.choose([result for result, _ in scored])  # as StudyMatcher takes it
+        tie = len(scored) > 1 and abs(scored[1][0].confidence - scored[0][0].confidence) < 1e-9
+        outcomes.append(Outcome(study, scored[0][1] if choice.decision != "unlinked" else None, choice.decision,
+                                scored[0][0].confidence if scored else 0.0, len(candidates),
+                                study.truth in candidates, tie))
     return Evaluation(population, outcomes)
 
 

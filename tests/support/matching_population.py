@@ -35,10 +35,11 @@ UMLAUT = "umlaut/transliteration"
 NAMESPACE = "PatientID namespace"
 TIME_SHIFT = "time shift"
 MISSING_BIRTH_DATE = "missing birth date"
+SECOND_ORDER = "another open order"
 UNSCHEDULED = "unscheduled"
 
 SCENARIOS = (EXACT, TYPO, SWAPPED, MARRIED, TWINS, SAME_NAME, MISSING_ACCESSION, WRONG_ACCESSION, UMLAUT,
-             NAMESPACE, TIME_SHIFT, MISSING_BIRTH_DATE, UNSCHEDULED)
+             NAMESPACE, TIME_SHIFT, MISSING_BIRTH_DATE, SECOND_ORDER, UNSCHEDULED)
 
 HOSPITAL_ISSUER = "HOSPITAL-A"
 
@@ -431,7 +432,8 @@ class _Builder:
         else:
             put(doc, "AccessionNumber")
         day = r.day + timedelta(days=day_shift)
-        minutes = int(r.time[:2]) * 60 + int(r.time[2:4]) + rng.randrange(-20, 120)
+        late = rng.randrange(180, 420) if rng.random() < 0.1 else 0  # an emergency took the scanner
+        minutes = min(23 * 60 + 59, int(r.time[:2]) * 60 + int(r.time[2:4]) + rng.randrange(-20, 120) + late)
         time = f"{minutes // 60:02d}{minutes % 60:02d}{rng.randrange(60):02d}"
         put(doc, "StudyDate", day.strftime("%Y%m%d"))
         put(doc, "StudyTime", time)
@@ -456,17 +458,17 @@ class _Builder:
 
 class ScenarioStream:
     """The open requests of about ``n_requests`` and a lazy stream of ``n_studies`` labelled studies:
-    eleven scenarios of n studies each, n twins, n namesakes, and unscheduled studies for the rest
-    (n = n_studies / 13). The safety test collects it (``generate_population``); the scale benchmark
+    twelve scenarios of n studies each, n twins, n namesakes, and unscheduled studies for the rest
+    (n = n_studies / 14). The safety test collects it (``generate_population``); the scale benchmark
     (bench/matching_scale.py) streams it at 100,000."""
 
     def __init__(self, seed: int, n_requests: int, n_studies: int) -> None:
         self.b = b = _Builder(seed, n_requests)
         rng = b.rng
-        self.n = n = max(2, round(n_studies / 13))
+        self.n = n = max(2, round(n_studies / 14))
         self.n_studies = n_studies
         pairs = max(1, n // 2)
-        ordinary = max(1, n_requests - 4 * pairs)
+        ordinary = max(1, n_requests - 4 * pairs - n)
         # Ordinary patients and their open requests: some without any, some with several on one day.
         while len(b.requests) < ordinary:
             patient = b.new_patient()
@@ -495,9 +497,20 @@ class ScenarioStream:
                 other.birth_date = b._birth_date()
             day, modality = rng.choice(DAYS), rng.choice(["DX", "US", "CT", "MR"])
             self.namesake_requests += [b.new_request(a, day, modality), b.new_request(other, day, modality)]
+        # Another open order: the patient has a second request of the same modality within three days (a
+        # follow-up, a repeated chest X-ray; a third of them for the same procedure). Without an accession
+        # only the procedure, the day and the station tell the two apart.
+        self.second_orders: list[tuple[Request, Request]] = []
+        for first in rng.sample(b.requests[:ordinary], min(n, ordinary)):
+            near = [d for d in DAYS if abs((d - first.day).days) <= 3]
+            second = b.new_request(first.patient, rng.choice(near), first.modality)
+            if rng.random() < 1 / 3:
+                second.code, second.description = first.code, first.description
+            self.second_orders.append((first, second) if rng.random() < 0.5 else (second, first))
         # Patients never scheduled (unscheduled studies, and the victims of a wrong accession).
         self.unscheduled = [b.new_patient() for _ in range(n)]
-        special = {r.id for r in self.twin_requests + self.namesake_requests}
+        special = {r.id for r in self.twin_requests + self.namesake_requests} | {
+            r.id for pair in self.second_orders for r in pair}
         self.free = [r for r in b.requests if r.id not in special]
         rng.shuffle(self.free)
         self.by_day_modality: dict[tuple[Any, str], list[Request]] = defaultdict(list)
@@ -635,6 +648,9 @@ class ScenarioStream:
                 a, label = acc()
                 yield make(r, MISSING_BIRTH_DATE, b.study_document(r, accession=a, birth_date=None,
                                                                    hand_entered=a is None), label)
+            for imaged, _other in self.second_orders:
+                yield make(imaged, SECOND_ORDER, b.study_document(imaged, accession=None, hand_entered=True),
+                           "missing")
             i = 0
             while True:
                 # A study nobody requested, as many as needed to reach n_studies: half of a known patient
@@ -668,8 +684,8 @@ class ScenarioStream:
 def generate_population(seed: int = 20240611, n_requests: int = 3600, studies_per_scenario: int = 150,
                         ) -> Population:
     """A deterministic adversarial population: about ``n_requests`` open requests and
-    ``13 * studies_per_scenario`` studies, collected from a ``ScenarioStream``."""
-    stream = ScenarioStream(seed, n_requests, 13 * studies_per_scenario)
+    ``14 * studies_per_scenario`` studies, collected from a ``ScenarioStream``."""
+    stream = ScenarioStream(seed, n_requests, 14 * studies_per_scenario)
     studies = list(stream.studies())
     b = stream.b
     requests = {r.id: b.request_document(r) for r in b.requests}

@@ -145,11 +145,56 @@ def test_when_missing_mismatch_counts_as_zero(tmp_path: Path) -> None:
     assert result.confidence == 0.5 and result.decision == "auto-unsure"
 
 
+def test_the_patient_id_is_needed_for_auto_certain_whatever_else_agrees() -> None:
+    """The default file's first safety rule, kept true when a field is added: everything but the
+    patient ID, all agreeing, weighs less than min_evidence."""
+    rules = load_matching(DEFAULT)
+    others = sum(f.weight for f in rules.fields if f.name != "patient_id")
+    patient_id = next(f.weight for f in rules.fields if f.name == "patient_id")
+    assert others < rules.min_evidence <= others + patient_id
+
+
+def ranked(*confidences: float, vetoed: tuple[int, ...] = ()) -> list[Any]:
+    """Results for a study's candidates, best first, decided by the default file's thresholds."""
+    from pacsbridge.mapping import MatchResult
+
+    rules = load_matching(DEFAULT)
+    out = []
+    for n, confidence in enumerate(confidences):
+        vetoes = ("patient_id",) if n in vetoed else ()
+        decision = ("auto-certain" if confidence >= rules.auto_certain and not vetoes else
+                    "auto-unsure" if confidence >= rules.auto_unsure else "unlinked")
+        out.append(MatchResult(confidence, decision, (), (), vetoes))
+    return out
+
+
+@pytest.mark.parametrize(("confidences", "vetoed", "decision", "held_back"), [
+    ((), (), "unlinked", None),
+    ((0.5, 0.4), (), "unlinked", None),
+    ((1.0,), (), "auto-certain", None),
+    ((1.0, 0.94), (), "auto-certain", None),          # leads by 0.06 > margin 0.05
+    ((1.0, 0.95), (), "auto-certain", None),          # exactly the margin is enough
+    ((1.0, 0.96), (), "auto-unsure", "margin"),       # the same patient's other order, one station apart
+    ((1.0, 0.99), (0,), "auto-unsure", None),         # the best is vetoed itself: never certain
+    ((1.0, 0.99), (1,), "auto-certain", None),        # a vetoed rival is no rival for the margin
+    ((0.97, 0.97), (), "auto-unsure", "tie"),
+    ((0.97, 0.97), (1,), "auto-unsure", "tie"),       # but a tie is a tie
+    ((0.7, 0.7), (), "auto-unsure", None),
+])
+def test_choose_holds_back_ties_and_rivals_within_the_margin(confidences: tuple[float, ...], vetoed: tuple[int, ...],
+                                                             decision: str, held_back: str | None) -> None:
+    rules = load_matching(DEFAULT)
+    assert rules.margin == 0.05
+    choice = rules.choose(ranked(*confidences, vetoed=vetoed))
+    assert (choice.decision, choice.held_back) == (decision, held_back)
+
+
 @pytest.mark.parametrize(("change", "line", "field", "what"), [
     ("    compare: person_name\n", 12, "fields[1].compare", "unknown comparator fuzzy"),
     ("    weight: 1\n    when_missing", 13, "fields[1].weight", "greater than 0"),
     ("  - [{field: name, key: phonetic_family}]", 17, "blocking[1][0].field", "nom is not a declared field"),
     ("thresholds: {auto_certain: 0.9, auto_unsure: 0.5}", 18, "thresholds", "auto_unsure <= auto_certain"),
+    ("thresholds: {auto_certain: 0.9, auto_unsure: 0.5}\n", 18, "thresholds.margin", "must be in [0, 1)"),
     ("    study: PatientName\n", 11, "fields[1].study", "unknown DICOM keyword PatientNam"),
 ])
 def test_load_errors_name_file_line_and_field(tmp_path: Path, change: str, line: int, field: str, what: str) -> None:
@@ -158,6 +203,8 @@ def test_load_errors_name_file_line_and_field(tmp_path: Path, change: str, line:
         "    weight: 1\n    when_missing": "    weight: 0\n    when_missing",
         "  - [{field: name, key: phonetic_family}]": "  - [{field: nom, key: phonetic_family}]",
         "thresholds: {auto_certain: 0.9, auto_unsure: 0.5}": "thresholds: {auto_certain: 0.5, auto_unsure: 0.9}",
+        "thresholds: {auto_certain: 0.9, auto_unsure: 0.5}\n": "thresholds: {auto_certain: 0.9, auto_unsure: 0.5, "
+                                                             "margin: 1}\n",
         "    study: PatientName\n": "    study: PatientNam\n",
     }[change]
     path = write(tmp_path, MINIMAL.replace(change, bad))

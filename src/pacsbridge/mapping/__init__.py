@@ -9,7 +9,7 @@ from __future__ import annotations
 from .engine import Mapping, choose
 from .functions import FUNCTIONS
 from .loader import check_mappings, load_folder, load_mapping, load_matching
-from .matching import Difference, FieldScore, MatchingRules, MatchResult
+from .matching import Choice, Difference, FieldScore, MatchingRules, MatchResult
 
-__all__ = ["FUNCTIONS", "Difference", "FieldScore", "Mapping", "MatchResult", "MatchingRules", "check_mappings",
-           "choose", "load_folder", "load_mapping", "load_matching"]
+__all__ = ["FUNCTIONS", "Choice", "Difference", "FieldScore", "Mapping", "MatchResult", "MatchingRules",
+           "check_mappings", "choose", "load_folder", "load_mapping", "load_matching"]

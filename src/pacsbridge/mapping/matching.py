@@ -12,6 +12,10 @@ Rules:
    then at most ``auto-unsure``, whatever the confidence.
 4. ``auto-certain`` needs confidence ≥ auto_certain, no veto, and at least ``min_evidence`` weight
    actually compared; ``auto-unsure`` needs confidence ≥ auto_unsure; otherwise ``unlinked``.
+4a. Among a study's candidates (``choose``) only the best may be linked, and it stays ``auto-certain``
+   only when it leads every rival without a veto by at least ``thresholds.margin`` and no candidate
+   at all scores the same: two open orders of one patient that differ in the station alone are a
+   question for a person, not a coin toss.
 5. A request and a study are candidates only when one blocking key agrees; keys are namespaced by
    the index of their rule (``"0:PID-1"``).
 6. Values reach results as text for a review page; they never appear in errors or logs.
@@ -80,6 +84,7 @@ class BlockingPartModel(_Strict):
 class ThresholdsModel(_Strict):
     auto_certain: float
     auto_unsure: float
+    margin: float = 0.0
 
 
 class MatchingModel(_Strict):
@@ -129,6 +134,18 @@ class MatchResult:
     contributions: tuple[FieldScore, ...]
     differences: tuple[Difference, ...]
     vetoes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What becomes of a study's best candidate (rule 4a): ``decision`` for ``ranked[0]``, and why an
+    auto-certain score was held back to auto-unsure (``held_back``: None, "tie" or "margin")."""
+
+    decision: str
+    held_back: str | None = None
+
+
+_EPSILON = 1e-9  # confidences are sums of float products: equal scores may differ in the last bits
 
 
 # --- compiled fields -------------------------------------------------------------------------
@@ -210,6 +227,19 @@ class MatchingRules:
     auto_certain: float
     auto_unsure: float
     min_evidence: float
+    margin: float = 0.0
+
+    def choose(self, ranked: Sequence[MatchResult]) -> Choice:
+        """The decision for the best of a study's candidates, ``ranked`` best first (rule 4a)."""
+        if not ranked or ranked[0].decision == "unlinked":
+            return Choice("unlinked")
+        best, rivals = ranked[0], ranked[1:]
+        if any(r.confidence >= best.confidence - _EPSILON for r in rivals):
+            return Choice("auto-unsure", "tie" if best.decision == "auto-certain" else None)
+        if best.decision == "auto-certain" and any(
+                best.confidence - r.confidence < self.margin - _EPSILON for r in rivals if not r.vetoes):
+            return Choice("auto-unsure", "margin")
+        return Choice(best.decision)
 
     def blocking_keys(self, document: dict[str, Any], side: Side) -> frozenset[str]:
         """Keys under which a document is indexed: a request and a study are candidates when they share one."""
@@ -339,9 +369,11 @@ def compile_matching(model: MatchingModel, where: Where, errors: list[str]) -> M
     thresholds = model.thresholds
     if not 0 <= thresholds.auto_unsure <= thresholds.auto_certain <= 1:
         errors.append(where.error(("thresholds",), "need 0 <= auto_unsure <= auto_certain <= 1"))
+    if not 0 <= thresholds.margin < 1:
+        errors.append(where.error(("thresholds", "margin"), "must be in [0, 1)"))
     if model.min_evidence < 0:
         errors.append(where.error(("min_evidence",), "must not be negative"))
     if len(errors) > before:
         return None
     return MatchingRules(model.name, model.version, model.description, tuple(fields), tuple(blocking),
-                         thresholds.auto_certain, thresholds.auto_unsure, model.min_evidence)
+                         thresholds.auto_certain, thresholds.auto_unsure, model.min_evidence, thresholds.margin)

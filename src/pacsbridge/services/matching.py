@@ -7,7 +7,8 @@ Rules:
 1. A request's blocking keys are computed when it is written (``request_keys``), so candidates are one
    indexed lookup per study, never a scan of every open request.
 2. Each candidate is scored on each of its steps' worklist entries; the best step counts. The best
-   candidate wins; a tie between two requests is never linked automatically (it waits for a person).
+   candidate wins; the matching file's ``choose`` holds it back to auto-unsure when another request
+   scored the same or came within the file's margin (it waits for a person).
 3. ``auto-certain`` links act at once (the request completes, subscribers are told); ``auto-unsure``
    is recorded with its confidence and differences and waits for a person; ``unlinked`` records only
    the arrival. The arrival is recorded in the same commit as the link.
@@ -78,10 +79,7 @@ class StudyMatcher:
     async def request_arrived(self, request: ImagingRequest, document: Callable[[str], Awaitable[DicomJson | None]]
                               ) -> None:
         """Rule 4: the stable studies without a link that share a key with a new or changed request."""
-        keys: set[str] = set()
-        for step in request.steps:
-            keys |= self.rules.blocking_keys(worklist_item(request, step), "request")
-        for study_uid in await self.records.studies_by_keys(sorted(keys)):
+        for study_uid in await self.records.studies_by_keys(list(request_keys(self.rules, request))):
             study = await document(study_uid)
             if study is None:
                 continue
@@ -97,23 +95,22 @@ class StudyMatcher:
     async def _decide(self, study_uid: str, found: list[Candidate], updated_at: str | None,
                       keys: tuple[str, tuple[str, ...]] | None) -> None:
         arrival = (study_uid, updated_at) if updated_at is not None else None
-        if not found or found[0].result.decision == "unlinked":
+        choice = self.rules.choose([c.result for c in found])
+        if choice.decision == "unlinked":
             if arrival is not None or keys is not None:
                 await self.records.commit(OrderChange(arrival=arrival, study_keys=keys))
             return
         best = found[0]
-        decision = best.result.decision
-        tied = len(found) > 1 and found[1].result.confidence >= best.result.confidence
-        if decision == "auto-certain" and tied:
-            decision = "auto-unsure"
         differences = tuple({"field": d.field, "request": d.request_value, "study": d.study_value}
                             for d in best.result.differences)
         reason = f"matching file {self.rules.name} v{self.rules.version}: confidence {best.result.confidence:.3f}"
         if best.result.vetoes:
             reason += f"; vetoed by {', '.join(best.result.vetoes)}"
-        if tied:
+        if choice.held_back == "tie":
             reason += "; another request scored the same"
-        if decision == "auto-certain":
+        elif choice.held_back == "margin":
+            reason += f"; another request came within the margin of {self.rules.margin:g}"
+        if choice.decision == "auto-certain":
             await self.link(best.request, study_uid, updated_at, status=LinkStatus.AUTO_CERTAIN,
                             confidence=best.result.confidence, differences=differences, reason=reason)
             log.info("matching: linked a study to ServiceRequest/%s (auto-certain, %.3f)", best.request.request_id,
