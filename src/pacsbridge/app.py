@@ -63,7 +63,6 @@ from .backends.upstream.remote import Capabilities, Remote
 from .backends.web_login import SqlWebLoginRecords
 from .backends.worklist_files import WorklistFolder
 from .domain.errors import PacsbridgeError
-from .domain.orders import ImagingRequest
 from .mapping import load_folder, load_mapping, load_matching
 from .services.arrivals import StudyArrivals
 from .services.fhir_resources import ResourceService
@@ -306,10 +305,10 @@ def build_orders(settings: Settings, archive: LocalArchive, search: SearchServic
         arrivals.unmatched = matcher.study_arrived
         review = LinkReview(records, arrivals, matcher)
 
-        async def match_waiting_studies(request: ImagingRequest) -> None:
-            await matcher.request_arrived(request, arrivals.document)
+        async def match_pending() -> int:
+            return await matcher.match_pending(arrivals.document)
 
-        orders.after_save = match_waiting_studies
+        arrivals.pending = match_pending
     return Orders(records=records, orders=orders, service_requests=ResourceService(records, "ServiceRequest", False),
                   patients=ResourceService(records, "Patient"), directory=directory, studies=studies,
                   workflow=Workflow(WorklistService(records), ProcedureStepService(records)), arrivals=arrivals,

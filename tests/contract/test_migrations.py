@@ -90,3 +90,35 @@ def test_version_7_gives_every_link_made_before_it_its_first_history_event(db_ur
     with engine.connect() as conn:
         row = conn.execute(text("SELECT study_uid, request_id, status, actor, at FROM study_link_events")).one()
     assert tuple(row) == ("1.2.3", "sr1", "reference", "pacsbridge", "2026-01-05T10:00:00Z")
+
+
+def test_the_migrations_build_the_tables_and_columns_the_code_queries(db_url: str) -> None:
+    """``schema.py`` describes the tables for queries; the migrations create them. They must agree."""
+    from sqlalchemy import inspect
+
+    from pacsbridge.backends.sql import schema
+
+    engine = make_engine(db_url)
+    migrate(engine)
+    found = inspect(engine)
+    tables = set(found.get_table_names())
+    for table in schema.metadata.sorted_tables:
+        assert table.name in tables, f"no migration creates {table.name}"
+        columns = {c["name"] for c in found.get_columns(table.name)}
+        assert {c.name for c in table.columns} <= columns, f"{table.name}: {sorted(set(table.c.keys()) - columns)}"
+
+
+def test_version_9_keeps_requests_and_starts_with_nothing_pending(db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine, MIGRATIONS[:8])
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO imaging_requests (request_id, status, accession_number, requested_procedure_id, "
+                          "study_uid, patient_id, attributes, updated_at) VALUES ('sr1', 'active', 'A1', 'A1', "
+                          "'2.25.1', 'P1', '{}', '2026-01-05T10:00:00Z')"))
+    migrate(engine)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM pending_matches")).scalar_one() == 0
+        conn.execute(text("INSERT INTO pending_matches (request_id, since) VALUES ('sr1', '2026-01-05T10:00:01Z')"))
+        conn.execute(text("DELETE FROM imaging_requests WHERE request_id = 'sr1'"))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM pending_matches")).scalar_one() == 0  # cascades

@@ -185,3 +185,19 @@ async def test_waiting_studies_are_found_by_key_until_they_have_an_acting_link(r
     assert await records.studies_by_keys(["0:P2"]) == ["2.25.2"]  # an unsure link does not act
     await records.commit(OrderChange(link=StudyLink("2.25.2", "r1", "manual", "2026-01-05T11:00:00Z")))
     assert await records.studies_by_keys(["0:P2"]) == []
+
+
+async def test_pending_matches_are_cleared_only_for_the_save_that_asked(records: SqlOrderRecords) -> None:
+    await records.commit(OrderChange(request=imaging("r1", step("A-r1-1")), match_pending="2026-01-05T10:00:01Z"))
+    await records.commit(OrderChange(request=imaging("r2", step("A-r2-1"), patient="P2"),
+                                     match_pending="2026-01-05T10:00:02Z"))
+    await records.commit(OrderChange(request=imaging("r3", step("A-r3-1"), patient="P3")))  # nothing asked
+    assert await records.pending_matches(10) == [("r1", "2026-01-05T10:00:01Z"), ("r2", "2026-01-05T10:00:02Z")]
+    assert await records.pending_matches(1) == [("r1", "2026-01-05T10:00:01Z")]
+    # r1 is saved again while its first save is being matched: clearing the first leaves the second.
+    await records.commit(OrderChange(request=imaging("r1", step("A-r1-1")), match_pending="2026-01-05T10:00:03Z"))
+    await records.commit(OrderChange(matched=("r1", "2026-01-05T10:00:01Z")))
+    await records.commit(OrderChange(matched=("r2", "2026-01-05T10:00:02Z")))
+    assert await records.pending_matches(10) == [("r1", "2026-01-05T10:00:03Z")]
+    await records.commit(OrderChange(matched=("r1", "2026-01-05T10:00:03Z")))
+    assert await records.pending_matches(10) == []

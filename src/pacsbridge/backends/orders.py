@@ -73,6 +73,12 @@ class SqlOrderRecords:
                 _write_study_keys(conn, *change.study_keys)
             if change.arrival is not None:
                 _write_arrival(conn, *change.arrival)
+            if change.match_pending is not None and change.request is not None:
+                _put(conn, schema.pending_matches, {"request_id": change.request.request_id},
+                     {"since": change.match_pending})
+            if change.matched is not None:
+                t = schema.pending_matches
+                conn.execute(delete(t).where(t.c.request_id == change.matched[0], t.c.since == change.matched[1]))
             if change.notifications and self._enqueue is not None:
                 self._enqueue(conn, change.notifications)
 
@@ -177,6 +183,11 @@ class SqlOrderRecords:
         query = (select(k.c.study_uid).where(k.c.key.in_(list(keys)), k.c.study_uid.not_in(acting))
                  .distinct().order_by(k.c.study_uid))
         return list(await self._db.read(lambda c: c.execute(query).scalars().all()))
+
+    async def pending_matches(self, limit: int) -> list[tuple[str, str]]:
+        t = schema.pending_matches
+        query = select(t.c.request_id, t.c.since).order_by(t.c.since, t.c.request_id).limit(limit)
+        return [(r.request_id, r.since) for r in await self._db.read(lambda c: c.execute(query).all())]
 
     async def link_history(self, study_uid: str) -> list[LinkEvent]:
         t = schema.study_link_events

@@ -61,13 +61,17 @@ class StudyArrivals:
         self.quiet_s = quiet_s
         self.unmatched = unmatched
         self.batch = batch
+        self.pending: Callable[[], Awaitable[int]] | None = None  # more work for each round (retroactive matching)
 
     async def run(self, poll_s: float | None = None) -> None:
-        """Handle stable studies until cancelled; a failing round is logged and tried again."""
+        """Handle stable studies, then ``pending`` work (retroactive matching), until cancelled; a failing
+        round is logged and tried again."""
         poll = poll_s if poll_s is not None else max(0.5, min(self.quiet_s / 2, 5.0))
         while True:
             try:
                 await self.handle_stable()
+                if self.pending is not None:
+                    await self.pending()
             except Exception:
                 log.exception("study arrival: a round failed; trying again in %.1f s", poll)
             await anyio.sleep(poll)

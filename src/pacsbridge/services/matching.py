@@ -15,6 +15,10 @@ Rules:
 4. A study left without an acting link keeps its blocking keys (``study_keys``): a request that
    arrives later is matched against those studies (retroactively), each study choosing its own best
    request exactly as on arrival, so the order in which they came changes nothing.
+5. Retroactive matching is durable work, not part of the EMR's request: saving an active request
+   records it as pending in the same commit (``OrderChange.match_pending``), and the arrivals loop
+   matches pending requests (``match_pending``) and clears each in its own commit. A crash in between
+   leaves it pending; a request saved again meanwhile stays pending for its newer version.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..domain.clock import utc_stamp
+from ..domain.errors import Conflict
 from ..domain.links import ACTING, LinkStatus
 from ..domain.model import DicomJson
-from ..domain.orders import ImagingRequest
+from ..domain.orders import ImagingRequest, RequestStatus
 from ..mapping import MatchingRules, MatchResult
 from .orders import worklist_item
 from .ports import OrderChange, OrderRecords, StudyLink
@@ -34,6 +39,7 @@ from .ports import OrderChange, OrderRecords, StudyLink
 log = logging.getLogger(__name__)
 
 Link = Callable[..., Awaitable[None]]
+Document = Callable[[str], Awaitable[DicomJson | None]]
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,21 @@ class StudyMatcher:
         keys = (study_uid, () if linked else tuple(sorted(self.rules.blocking_keys(study, "study"))))
         await self._decide(study_uid, found, updated_at, keys)
 
-    async def request_arrived(self, request: ImagingRequest, document: Callable[[str], Awaitable[DicomJson | None]]
-                              ) -> None:
+    async def match_pending(self, document: Document, batch: int = 50) -> int:
+        """Rule 5: match the pending requests against waiting studies; the number done."""
+        done = 0
+        for request_id, since in await self.records.pending_matches(batch):
+            request = await self.records.request(request_id)
+            if request is not None and request.status is RequestStatus.ACTIVE:
+                try:
+                    await self.request_arrived(request, document)
+                except Conflict:  # a study or the order changed meanwhile: the next round sees it fresh
+                    continue
+            await self.records.commit(OrderChange(matched=(request_id, since)))
+            done += 1
+        return done
+
+    async def request_arrived(self, request: ImagingRequest, document: Document) -> None:
         """Rule 4: the stable studies without a link that share a key with a new or changed request."""
         for study_uid in await self.records.studies_by_keys(list(request_keys(self.rules, request))):
             study = await document(study_uid)

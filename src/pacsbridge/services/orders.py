@@ -22,10 +22,11 @@ import copy
 import logging
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from ..domain.clock import utc_stamp
 from ..domain.errors import BusinessRule, Conflict, InvalidInput, MappingError, NotFound, PreconditionFailed
 from ..domain.model import DicomJson, first_text
 from ..domain.orders import (
@@ -73,9 +74,6 @@ class OrderService:
         self.mappings = list(mappings)
         self.settings = settings
         self.blocking = blocking
-        self.after_save: Callable[[ImagingRequest], Awaitable[None]] | None = None
-        """Called with an active request once it is saved (retroactive matching); its failure is logged,
-        never the EMR's: the order is saved."""
 
     async def read(self, id_: str, version: int | None = None) -> ResourceVersion:
         found = await self.records.resource("ServiceRequest", id_, version)
@@ -180,13 +178,9 @@ class OrderService:
         await self.records.commit(OrderChange(
             resources=(ResourceWrite(stored, current.version if current else 0, index_entries(resource)),),
             request=request, request_keys=self.blocking(request) if self.blocking else None,
+            match_pending=utc_stamp() if self.blocking and status is RequestStatus.ACTIVE else None,
             notifications=tuple(notifications)))
         log.info("ServiceRequest/%s version %d: %s, %d step(s)", id_, version, status.value, len(steps))
-        if self.after_save is not None and status is RequestStatus.ACTIVE:
-            try:
-                await self.after_save(request)
-            except Exception:
-                log.exception("ServiceRequest/%s: matching it against waiting studies failed", id_)
         return stored
 
     def _accession(self, resource: FhirJson, old: ImagingRequest | None) -> str:

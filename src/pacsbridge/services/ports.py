@@ -315,6 +315,8 @@ class OrderChange:
     performed: PerformedStep | None = None
     link: StudyLink | None = None
     arrival: tuple[str, str] | None = None  # (study UID, the studies.updated_at handled)
+    match_pending: str | None = None  # the request is to be matched against waiting studies; this save's stamp
+    matched: tuple[str, str] | None = None  # (request id, stamp) done: cleared unless a later save asked again
     notifications: tuple[Notification, ...] = ()
 
 
@@ -369,6 +371,10 @@ class OrderRecords(Protocol):
 
     async def studies_by_keys(self, keys: Sequence[str]) -> list[str]:
         """UIDs of stable studies with any of these blocking keys and no acting link (retroactive matching)."""
+        ...
+
+    async def pending_matches(self, limit: int) -> list[tuple[str, str]]:
+        """(request id, stamp) of saved requests still to be matched against waiting studies, oldest first."""
         ...
 
     async def link_history(self, study_uid: str) -> list[LinkEvent]:

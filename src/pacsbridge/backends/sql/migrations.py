@@ -294,8 +294,20 @@ def _study_keys_v8(conn: Connection) -> None:
     v8.create_all(conn)
 
 
+def _pending_matches_v9(conn: Connection) -> None:
+    """Retroactive matching as durable work: a saved request is matched against waiting studies by the
+    arrivals loop, not inside the EMR's POST, and a crash in between loses nothing."""
+    v9 = MetaData()
+    Table("imaging_requests", v9, Column("request_id", String(64), primary_key=True))
+    Table("pending_matches", v9,
+          Column("request_id", String(64), ForeignKey("imaging_requests.request_id", ondelete="CASCADE"),
+                 primary_key=True),
+          Column("since", String(32), nullable=False))
+    v9.create_all(conn, tables=[v9.tables["pending_matches"]])
+
+
 MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4, _web_login_v5, _orders_v6,
-                              _matching_v7, _study_keys_v8)
+                              _matching_v7, _study_keys_v8, _pending_matches_v9)
 
 
 def current_version(conn: Connection) -> int:

@@ -304,3 +304,12 @@ study_keys = Table(
     Column("key", String(200), primary_key=True),  # a blocking key of a stable study left without a link
 )
 Index("ix_study_keys_key", study_keys.c.key)
+
+# --- retroactive matching (v9): requests saved whose waiting studies are still to be matched ---------
+
+pending_matches = Table(
+    "pending_matches", metadata,
+    Column("request_id", String(64), ForeignKey("imaging_requests.request_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("since", String(32), nullable=False),  # the save that asked for it; a later save replaces it
+)
