@@ -14,10 +14,9 @@ from pacsbridge.services.issuer import hash_secret
 from pacsbridge.settings import Settings
 
 from ..support.servers import RunningServer, serve
-from .test_fhir_door import FHIR_JSON, PID_SYSTEM, unique
+from .test_fhir_door import FHIR_JSON, PID_SYSTEM, SECRET, bearer, unique
 from .test_scored_matching import links_of, order_for, stow_study
 
-SECRET = "links-test-secret"
 CLIENTS = {"reviewer": ["links.review"], "reader": ["dicomweb.read", "orders.read"], "auditor": ["admin"]}
 
 
@@ -30,12 +29,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
                             for name, scopes in CLIENTS.items()]})
     with serve(settings) as running:
         yield running
-
-
-def bearer(server: RunningServer, client: str) -> dict[str, str]:
-    r = httpx.post(server.url + "/oauth/token", data={"grant_type": "client_credentials"}, auth=(client, SECRET))
-    assert r.status_code == 200, r.text
-    return {"Authorization": "Bearer " + r.json()["access_token"]}
 
 
 @pytest.fixture(scope="module")

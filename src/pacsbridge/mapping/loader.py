@@ -12,8 +12,9 @@ Rules:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -22,6 +23,9 @@ from .engine import Mapping, compile_mapping
 from .matching import MatchingRules, compile_matching
 from .matching import validate as validate_matching
 from .schema import Loc, Where, field_name, validate
+
+M = TypeVar("M")  # a file's validated model
+T = TypeVar("T")  # what it compiles to
 
 MATCHING_FOLDER = "matching"  # files under a folder of this name are matching files (docs/matching.md)
 
@@ -78,15 +82,20 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], errors: list[str], l
             _walk(item, (*loc, n), lines, errors, label)
 
 
-def _load(path: Path) -> tuple[Mapping | None, list[str]]:
-    label = str(path)
-    data, where, errors = _read(path, label)
+def _compiled(path: Path, validate_as: Callable[[Any, Where], tuple[M | None, list[str]]],
+              compile_as: Callable[[M, Where, list[str]], T | None]) -> tuple[T | None, list[str]]:
+    """A file read, checked against its model and compiled; None with every error otherwise."""
+    data, where, errors = _read(path, str(path))
     if errors:
         return None, errors
-    model, errors = validate(data, where)
+    model, errors = validate_as(data, where)
     if model is None:
         return None, errors
-    return compile_mapping(model, path, where, errors), errors
+    return compile_as(model, where, errors), errors
+
+
+def _load(path: Path) -> tuple[Mapping | None, list[str]]:
+    return _compiled(path, validate, lambda model, where, errors: compile_mapping(model, path, where, errors))
 
 
 def load_mapping(path: Path) -> Mapping:
@@ -98,14 +107,7 @@ def load_mapping(path: Path) -> Mapping:
 
 
 def _load_matching(path: Path) -> tuple[MatchingRules | None, list[str]]:
-    label = str(path)
-    data, where, errors = _read(path, label)
-    if errors:
-        return None, errors
-    model, errors = validate_matching(data, where)
-    if model is None:
-        return None, errors
-    return compile_matching(model, where, errors), errors
+    return _compiled(path, validate_matching, compile_matching)
 
 
 def load_matching(path: Path) -> MatchingRules:
