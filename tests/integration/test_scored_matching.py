@@ -129,6 +129,18 @@ def test_two_open_orders_of_one_patient_that_barely_differ_wait_for_a_person(ser
     for order in (morning, afternoon):
         assert httpx.get(f"{server.url}/fhir/ServiceRequest/{order}").json()["status"] == "active"
 
+    # The EMR saves the morning order again: it is matched retroactively once more and the study makes the
+    # same choice, so the proposal waiting for a person stands as it was (no second event in its history).
+    records = server.app.state.services.orders.records
+    resaved = httpx.put(f"{server.url}/fhir/ServiceRequest/{morning}",
+                        json={**httpx.get(f"{server.url}/fhir/ServiceRequest/{morning}").json(), "priority": "urgent"})
+    assert resaved.status_code == 200, resaved.text
+    deadline = time.monotonic() + 20
+    while any(rid == morning for rid, _ in anyio.run(lambda: records.pending_matches(100))):
+        assert time.monotonic() < deadline, "the re-saved order was never matched"
+        time.sleep(0.25)
+    assert len(anyio.run(lambda: records.link_history(study_uid))) == len(history)
+
 
 def test_a_person_confirms_an_unsure_link_then_undoes_it(server: RunningServer) -> None:
     orders = server.app.state.services.orders

@@ -108,7 +108,8 @@ class StudyMatcher:
             found = await self.candidates(study)
             if found and found[0].request.request_id == request.request_id:
                 unsure = {link.request_id for link in links if link.status == LinkStatus.AUTO_UNSURE.value}
-                if found[0].result.decision == "auto-certain" or request.request_id not in unsure:
+                certain = self.rules.choose([c.result for c in found]).decision == "auto-certain"
+                if certain or request.request_id not in unsure:
                     await self._decide(study_uid, found, None, None)
 
     async def _decide(self, study_uid: str, found: list[Candidate], updated_at: str | None,
