@@ -92,6 +92,9 @@ class StudyMatcher:
                     await self.request_arrived(request, document)
                 except Conflict:  # a study or the order changed meanwhile: the next round sees it fresh
                     continue
+                except Exception:  # left pending for the next round; the other requests go on
+                    log.exception("matching: ServiceRequest/%s against waiting studies failed", request_id)
+                    continue
             await self.records.commit(OrderChange(matched=(request_id, since)))
             done += 1
         return done
