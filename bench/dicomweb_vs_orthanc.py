@@ -112,7 +112,7 @@ def profiled(args: argparse.Namespace, target: Target, phase: str) -> Iterator[N
     spy = Path(sys.executable).with_name("py-spy")
     out = args.profile / f"{phase}.txt"
     process = subprocess.Popen([str(spy), "record", "--pid", str(target.pid), "--rate", "200", "--format", "raw",
-                                "--output", str(out), "--duration", "600", "--nonblocking"],
+                                "--output", str(out), "--duration", "600", "--nonblocking", "--subprocesses"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
     try:

@@ -62,7 +62,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     anyio.run(services.close)
     os.environ[RESOLVED_ENV] = to_worker_environment(settings)
-    uvicorn.run("pacsbridge.app:app_from_environment", factory=True, workers=workers, **options)
+    # Workers share one listening socket; accept_balance spreads the connections over them.
+    uvicorn.run("pacsbridge.app:app_from_environment", factory=True, workers=workers,
+                loop="pacsbridge.accept_balance:new_event_loop", **options)
     return 0
 
 

@@ -263,3 +263,66 @@ def test_check_mappings_accepts_the_shipped_files_and_names_file_and_line_of_a_b
     result = run("check-mappings", str(tmp_path))
     assert result.returncode == 1
     assert "broken.yaml:6" in result.stderr and "PatientsName" in result.stderr, result.stderr
+
+
+def _owner_of_connection(server_port: int, client_port: int, pids: list[int]) -> int:
+    """The process holding the server side of a loopback connection (from /proc, Linux only)."""
+    wanted = f"0100007F:{server_port:04X} 0100007F:{client_port:04X}"
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if f"{fields[1]} {fields[2]}" == wanted and fields[3] == "01":  # ESTABLISHED
+            inode = fields[9]
+    assert inode is not None, f"no server socket for client port {client_port}"
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError(f"no worker holds socket {inode}")
+
+
+def _client_ports(server_port: int) -> list[int]:
+    """Local ports of the open loopback connections to server_port (the test's own, client side)."""
+    ports = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == f"0100007F:{server_port:04X}" and fields[3] == "01":
+            ports.append(int(fields[1].split(":")[1], 16))
+    return ports
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+def test_keep_alive_connections_opened_at_once_are_spread_over_the_workers(tmp_path: Path) -> None:
+    """A client opening four keep-alive connections at once (a STOW uploader, a gateway) gets two per
+    worker, not most of them on whichever worker woke first (4:0 and 3:1 before accept_balance)."""
+    import asyncio
+
+    port = free_port()
+    proc = subprocess.Popen([*PACSBRIDGE, "serve", "--port", str(port), "--workers", "2", "--data-dir",
+                             str(tmp_path / "d")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    async def four_at_once() -> list[int]:
+        limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+        async with httpx.AsyncClient(limits=limits) as client:
+            answers = await asyncio.gather(*(client.get(f"http://127.0.0.1:{port}/health") for _ in range(4)))
+            assert [a.status_code for a in answers] == [200] * 4
+            ports = _client_ports(port)
+            assert len(ports) == 4, ports
+            return [_owner_of_connection(port, p, workers) for p in ports]
+
+    try:
+        wait_for_health(proc, f"http://127.0.0.1:{port}")
+        time.sleep(1.0)  # both workers listen (health answers as soon as one does)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        workers = [int(p) for p in children if "--multiprocessing-fork" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(workers) == 2, workers
+        for _round in range(5):
+            owners = asyncio.run(four_at_once())
+            assert sorted(owners.count(w) for w in workers) == [2, 2], owners
+            time.sleep(0.3)  # the workers see the connections close
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -2,7 +2,7 @@
 
 Rules:
 1. Incoming bytes go to a spool file in ``<root>/spool`` (same file system as the store).
-2. A spool file is fsync'd when its writer seals it. A stored file gets a fresh name
+2. A spool file is fdatasync'd when its writer seals it. A stored file gets a fresh name
    (``<sop>.<token>.dcm``) and arrives by rename, its folder fsync'd; the index is then pointed at it,
    and only then is a replaced file removed. A crash at any point leaves
    either the old or the new version indexed, never a partial one.
@@ -35,11 +35,13 @@ class BlobStore:
         return path, open(path, "xb")
 
     def seal(self, fp: BinaryIO) -> None:
-        """Flush, fsync and close a finished spool file."""
+        """Flush, fdatasync and close a finished spool file."""
         try:
             fp.flush()
             if self.fsync:
-                os.fsync(fp.fileno())
+                # The data and what reading it back needs (size, blocks); not timestamps. The folder
+                # entry is made durable by ``sync_folders`` after the rename.
+                os.fdatasync(fp.fileno())
         finally:
             fp.close()
 
