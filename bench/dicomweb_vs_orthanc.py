@@ -67,6 +67,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wado-concurrency", type=int, default=4, help="workers for whole-study retrieves")
     p.add_argument("--read-client", choices=["wrk", "httpx"], default="wrk",
                    help="client of the read phases (httpx: the old Python client, itself CPU-bound here)")
+    p.add_argument("--wado-passes", type=int, default=3,
+                   help="whole-study retrieves ask every study this many times (one pass takes about 1 s "
+                        "for pacsbridge here: too short to measure alone)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads for the read phases")
     p.add_argument("--uploaders", type=int, default=4, help="concurrent STOW-RS requests")
     p.add_argument("--stow-parts", type=int, default=16, help="most parts in one STOW-RS request")
@@ -258,8 +261,8 @@ def throughput_phases(args: argparse.Namespace, items: Sequence[Item], env: dict
         frames = request_lists.frame_paths(items, max(args.read_requests, 400), multiframe_every=args.frame_mix)
         reads = [
             ("qido", [q.path for q in queries], request_lists.ACCEPT_JSON, args.concurrency, frozenset({200, 204})),
-            ("wado_study", request_lists.study_paths(items), request_lists.ACCEPT_STUDY, args.wado_concurrency,
-             frozenset({200})),
+            ("wado_study", request_lists.study_paths(items, passes=args.wado_passes), request_lists.ACCEPT_STUDY,
+             args.wado_concurrency, frozenset({200})),
             ("metadata", request_lists.series_metadata_paths(items), request_lists.ACCEPT_JSON, args.concurrency,
              frozenset({200})),
             ("frames", frames, request_lists.ACCEPT_FRAMES, args.concurrency, frozenset({200})),
@@ -282,7 +285,7 @@ def throughput_phases(args: argparse.Namespace, items: Sequence[Item], env: dict
                     return asyncio.run(timed_gets(t.dicomweb, p, a, pid=t.pid, concurrency=c, max_requests=bound,
                                                   max_seconds=seconds, warmup=warmup, ok=o))
                 expect = None
-                if phase == "wado_study":  # each study once: every instance, every byte
+                if phase == "wado_study":  # each study wado_passes times: every instance, every byte
                     per_study = [in_study[path.rsplit("/", 1)[1]] for path in p]
                     expect = (sum(n for n, _ in per_study), sum(size for _, size in per_study))
                 return wrk_gets(t.dicomweb, p, a, pid=t.pid, concurrency=c, threads=args.wrk_threads,

@@ -88,11 +88,15 @@ def qido_queries(items: Sequence[Item], count: int, seed: int = 11) -> list[Qido
     return out
 
 
-def study_paths(items: Sequence[Item], seed: int = 12) -> list[str]:
-    """Every study once, shuffled: ``/studies/{uid}`` (WADO-RS retrieve study)."""
-    uids = [s.study_uid for s in _studies(items)]
-    random.Random(seed).shuffle(uids)
-    return [f"/studies/{uid}" for uid in uids]
+def study_paths(items: Sequence[Item], seed: int = 12, passes: int = 1) -> list[str]:
+    """Every study ``passes`` times, each pass in its own shuffled order: ``/studies/{uid}`` (WADO-RS
+    retrieve study)."""
+    paths: list[str] = []
+    for n in range(passes):
+        uids = [s.study_uid for s in _studies(items)]
+        random.Random(seed + n).shuffle(uids)
+        paths.extend(f"/studies/{uid}" for uid in uids)
+    return paths
 
 
 def series_metadata_paths(items: Sequence[Item], seed: int = 13) -> list[str]:

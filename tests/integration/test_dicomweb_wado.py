@@ -279,3 +279,32 @@ def test_frames_come_from_the_layout_kept_at_ingest_and_without_it_from_the_file
         db.execute("UPDATE instances SET pixel_layout = NULL")
     assert frame() == ds.PixelData
     db.close()
+
+
+def test_a_study_larger_than_a_read_batch_comes_whole_and_in_order_and_a_client_may_leave_midway(
+        server: RunningServer) -> None:
+    """Small instances are read a batch (about 4 MB) ahead while the current batch goes out, a large one
+    is streamed between them: every byte arrives, in index order; a client closing the connection in
+    the middle of the body leaves the server serving."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    sent = [instance(study_uid, series_uid, number=n, rows=512, columns=512) for n in range(1, 14)]
+    sent.insert(6, instance(study_uid, series_uid, number=99, rows=1100, columns=1100))  # > 2 MB: streamed
+    for start in range(0, len(sent), 5):
+        body, content_type = stow_body(sent[start:start + 5])
+        assert httpx.post(server.dicomweb + "/studies", content=body,
+                          headers={"Content-Type": content_type}).status_code == 200
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    r = httpx.get(f"{server.dicomweb}/studies/{study_uid}", headers=accept, timeout=30)
+    parts = split_multipart(r.content, r.headers["content-type"])
+    got = {read_dataset(d).SOPInstanceUID: read_dataset(d) for _, d in parts}
+    assert len(parts) == 14 and set(got) == {ds.SOPInstanceUID for ds in sent}
+    for ds in sent:
+        assert got[ds.SOPInstanceUID].PixelData == ds.PixelData
+    metadata = httpx.get(f"{server.dicomweb}/studies/{study_uid}/metadata").json()
+    index_order = [m["00080018"]["Value"][0] for m in metadata]
+    assert [read_dataset(d).SOPInstanceUID for _, d in parts] == index_order
+    for _ in range(3):
+        with httpx.stream("GET", f"{server.dicomweb}/studies/{study_uid}", headers=accept) as partial:
+            next(partial.iter_raw(64 << 10))  # the first bytes only, then the connection closes
+    again = httpx.get(f"{server.dicomweb}/studies/{study_uid}", headers=accept, timeout=30)
+    assert [d for _, d in split_multipart(again.content, again.headers["content-type"])] == [d for _, d in parts]

@@ -6,7 +6,8 @@ Bodies are streamed part by part; a study is never held in memory.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -64,36 +65,44 @@ async def retrieve_instances(ctx: DicomwebContext, request: Request) -> Response
         extra = {"Content-Length": str(stored.size)} if ts == stored.transfer_syntax else {}
         return writer.part_header(f"application/dicom; transfer-syntax={ts}", extra)
 
+    def small(stored: StoredInstance) -> bool:
+        return as_stored(stored) and stored.size <= SMALL_FILE
+
     async def body() -> AsyncIterator[bytes]:
-        # Small instances sent as stored are read in batches (one worker call for many 0.5 MB files);
-        # file bytes go out as they were read, never joined with the small framing pieces around them.
+        # Small instances sent as stored are read in batches (one worker call for many 0.5 MB files),
+        # the next batch while this one goes out; file bytes go out as they were read, never joined
+        # with the small framing pieces around them.
         pending = b""  # framing to send before the next data: the previous part's end, the next header
-        batch: list[StoredInstance] = []
-        for index, stored in enumerate(found):
-            if as_stored(stored) and stored.size <= SMALL_FILE:
-                batch.append(stored)
-                following = found[index + 1] if index + 1 < len(found) else None
-                if (following is not None and as_stored(following) and following.size <= SMALL_FILE
-                        and sum(s.size for s in batch) < BATCH_BYTES):
+        groups = _groups(found, small)
+        ahead: asyncio.Future[list[bytes]] | None = None
+        try:
+            for index, group in enumerate(groups):
+                if small(group[0]):
+                    datas = await (ahead if ahead is not None else ctx.retrieve.read_whole(group))
+                    ahead = None
+                    following = groups[index + 1] if index + 1 < len(groups) else None
+                    if following is not None and small(following[0]):
+                        ahead = asyncio.ensure_future(ctx.retrieve.read_whole(following))
+                    for member, data in zip(group, datas, strict=True):
+                        _check_size(member, len(data))
+                        yield pending + header(member, member.transfer_syntax)
+                        yield data
+                        pending = writer.part_end()
                     continue
-                datas = await ctx.retrieve.read_whole(batch)
-                for member, data in zip(batch, datas, strict=True):
-                    _check_size(member, len(data))
-                    yield pending + header(member, member.transfer_syntax)
-                    yield data
-                    pending = writer.part_end()
-                batch = []
-                continue
-            ts = _target(stored, choice.transfer_syntax)
-            yield pending + header(stored, ts)
-            sent = 0
-            async for chunk in ctx.retrieve.instance_bytes(stored, ts):
-                sent += len(chunk)
-                yield chunk
-            if ts == stored.transfer_syntax:
-                _check_size(stored, sent)
-            pending = writer.part_end()
-        yield pending + writer.close()
+                stored = group[0]
+                ts = _target(stored, choice.transfer_syntax)
+                yield pending + header(stored, ts)
+                sent = 0
+                async for chunk in ctx.retrieve.instance_bytes(stored, ts):
+                    sent += len(chunk)
+                    yield chunk
+                if ts == stored.transfer_syntax:
+                    _check_size(stored, sent)
+                pending = writer.part_end()
+            yield pending + writer.close()
+        finally:
+            if ahead is not None:  # the client went away: the batch read ahead is not wanted
+                ahead.cancel()
 
     headers = {"Content-Type": multipart_related_type("application/dicom", boundary)}
     if all(as_stored(s) for s in found):
@@ -101,6 +110,21 @@ async def retrieve_instances(ctx: DicomwebContext, request: Request) -> Response
         total = sum(len(header(s, s.transfer_syntax)) + s.size + len(writer.part_end()) for s in found)
         headers["Content-Length"] = str(total + len(writer.close()))
     return StreamingResponse(body(), headers=headers)
+
+
+def _groups(found: list[StoredInstance], small: Callable[[StoredInstance], bool]) -> list[list[StoredInstance]]:
+    """The instances in order, in runs of small ones of about BATCH_BYTES (read in one go), every
+    other instance alone (streamed)."""
+    groups: list[list[StoredInstance]] = []
+    size = 0
+    for stored in found:
+        if small(stored) and groups and small(groups[-1][0]) and size < BATCH_BYTES:
+            groups[-1].append(stored)
+            size += stored.size
+        else:
+            groups.append([stored])
+            size = stored.size
+    return groups
 
 
 def _check_size(stored: StoredInstance, size: int) -> None:
