@@ -44,6 +44,7 @@ from bench.servers import (  # noqa: E402
     peak_rss_bytes,
     reset_peak,
     rss_bytes,
+    settle,
 )
 from bench.workload import RunResult, StowResult, batches, stow, timed_gets  # noqa: E402
 from bench.wrk_client import wrk_gets, wrk_version  # noqa: E402
@@ -136,6 +137,9 @@ def run_phase(args: argparse.Namespace, targets: list[Target], phase: str,
     for round_index in (0, 1):
         ordered = targets if round_index == 0 else list(reversed(targets))
         for target in ordered:
+            waited = settle([t.pid for t in targets])
+            if waited > 1.0:
+                log(f"{phase:>10} waited {waited:.1f} s for the servers and the disk to go quiet")
             with profiled(args, target, f"{phase}-{round_index}"):
                 result = job(target, round_index)
             log(f"{phase:>10} {target.name:>10} round {round_index + 1}: {_brief(result)}")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,29 @@ def cpu_seconds(pid: int) -> float:
             fields = fp.read().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / TICK
     return total
+
+
+def settle(pids: Sequence[int], max_wait_s: float = 30.0, busy_share: float = 0.05) -> float:
+    """Wait until every server is idle (under ``busy_share`` of a core over 0.5 s) and, where Linux
+    reports it, the disk is quiet (I/O pressure avg10 under 5 %): a round must not pay for the work the
+    other server is still finishing (Orthanc goes on reading files for requests wrk has given up on)
+    or for writes still being flushed. Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < max_wait_s:
+        before = [cpu_seconds(pid) for pid in pids]
+        time.sleep(0.5)
+        busy = any((cpu_seconds(pid) - b) / 0.5 > busy_share for pid, b in zip(pids, before, strict=True))
+        if not busy and _io_pressure() < 5.0:
+            break
+    return time.monotonic() - started
+
+
+def _io_pressure() -> float:
+    try:
+        first = Path("/proc/pressure/io").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return 0.0
+    return float(first.split("avg10=")[1].split()[0])
 
 
 class RssSampler:
