@@ -53,6 +53,7 @@ class BalancedServer:
         self.protocol_factory = protocol_factory
         self.transports: list[asyncio.BaseTransport] = []
         self.connecting = 0  # accepted, transport not set up yet: already this worker's load
+        self._setting_up: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
         self.serving = False
         self._timer: asyncio.TimerHandle | None = None
         sock.setblocking(False)
@@ -100,7 +101,9 @@ class BalancedServer:
         if conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connecting += 1
-        self.loop.create_task(self._connect(conn))
+        task = self.loop.create_task(self._connect(conn))
+        self._setting_up.add(task)
+        task.add_done_callback(self._setting_up.discard)
         return True
 
     async def _connect(self, conn: socket.socket) -> None:
