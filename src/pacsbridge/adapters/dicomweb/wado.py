@@ -103,6 +103,7 @@ async def retrieve_instances(ctx: DicomwebContext, request: Request) -> Response
         finally:
             if ahead is not None:  # the client went away: the batch read ahead is not wanted
                 ahead.cancel()
+                ahead.add_done_callback(_consume)  # a read that failed first is not logged as lost
 
     headers = {"Content-Type": multipart_related_type("application/dicom", boundary)}
     if all(as_stored(s) for s in found):
@@ -110,6 +111,11 @@ async def retrieve_instances(ctx: DicomwebContext, request: Request) -> Response
         total = sum(len(header(s, s.transfer_syntax)) + s.size + len(writer.part_end()) for s in found)
         headers["Content-Length"] = str(total + len(writer.close()))
     return StreamingResponse(body(), headers=headers)
+
+
+def _consume(future: asyncio.Future[list[bytes]]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _groups(found: list[StoredInstance], small: Callable[[StoredInstance], bool]) -> list[list[StoredInstance]]:
