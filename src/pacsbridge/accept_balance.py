@@ -52,8 +52,9 @@ class BalancedServer:
         self.sock = sock
         self.protocol_factory = protocol_factory
         self.transports: list[asyncio.BaseTransport] = []
-        self.connecting = 0  # accepted, transport not set up yet: already this worker's load
-        self._setting_up: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+        # Accepted connections whose transport is being set up (already this worker's load); held here
+        # because the loop keeps only weak references to tasks.
+        self._setting_up: set[asyncio.Task[None]] = set()
         self.serving = False
         self._timer: asyncio.TimerHandle | None = None
         sock.setblocking(False)
@@ -67,9 +68,9 @@ class BalancedServer:
         self.loop.add_reader(self.sock.fileno(), self._readable)
 
     def load(self) -> int:
-        """Connections of this worker that are still open."""
+        """Connections of this worker that are still open or being set up."""
         self.transports = [t for t in self.transports if not t.is_closing()]
-        return len(self.transports) + self.connecting
+        return len(self.transports) + sum(1 for task in self._setting_up if not task.done())
 
     def _readable(self) -> None:
         load = self.load()
@@ -100,7 +101,6 @@ class BalancedServer:
         conn.setblocking(False)
         if conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connecting += 1
         task = self.loop.create_task(self._connect(conn))
         self._setting_up.add(task)
         task.add_done_callback(self._setting_up.discard)
@@ -113,8 +113,6 @@ class BalancedServer:
             log.exception("could not set up an accepted connection")
             conn.close()
             return
-        finally:
-            self.connecting -= 1
         self.transports.append(transport)
 
     def close(self) -> None:
