@@ -265,15 +265,19 @@ def test_check_mappings_accepts_the_shipped_files_and_names_file_and_line_of_a_b
     assert "broken.yaml:6" in result.stderr and "PatientsName" in result.stderr, result.stderr
 
 
-def _owner_of_connection(server_port: int, client_port: int, pids: list[int]) -> int:
-    """The process holding the server side of a loopback connection (from /proc, Linux only)."""
-    wanted = f"0100007F:{server_port:04X} 0100007F:{client_port:04X}"
-    inode = None
+def _accepted_sockets(server_port: int) -> list[str]:
+    """Socket inodes of the established loopback connections accepted on server_port, server side
+    (from /proc, Linux only)."""
+    inodes = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if f"{fields[1]} {fields[2]}" == wanted and fields[3] == "01":  # ESTABLISHED
-            inode = fields[9]
-    assert inode is not None, f"no server socket for client port {client_port}"
+        if fields[1] == f"0100007F:{server_port:04X}" and fields[3] == "01":  # local end ours, ESTABLISHED
+            inodes.append(fields[9])
+    return inodes
+
+
+def _holder(inode: str, pids: list[int]) -> int:
+    """The process among pids that holds a socket."""
     for pid in pids:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
@@ -282,16 +286,6 @@ def _owner_of_connection(server_port: int, client_port: int, pids: list[int]) ->
             except OSError:
                 continue
     raise AssertionError(f"no worker holds socket {inode}")
-
-
-def _client_ports(server_port: int) -> list[int]:
-    """Local ports of the open loopback connections to server_port (the test's own, client side)."""
-    ports = []
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[2] == f"0100007F:{server_port:04X}" and fields[3] == "01":
-            ports.append(int(fields[1].split(":")[1], 16))
-    return ports
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
@@ -309,9 +303,9 @@ def test_keep_alive_connections_opened_at_once_are_spread_over_the_workers(tmp_p
         async with httpx.AsyncClient(limits=limits) as client:
             answers = await asyncio.gather(*(client.get(f"http://127.0.0.1:{port}/health") for _ in range(4)))
             assert [a.status_code for a in answers] == [200] * 4
-            ports = _client_ports(port)
-            assert len(ports) == 4, ports
-            return [_owner_of_connection(port, p, workers) for p in ports]
+            accepted = _accepted_sockets(port)
+            assert len(accepted) == 4, accepted
+            return [_holder(inode, workers) for inode in accepted]
 
     try:
         wait_for_health(proc, f"http://127.0.0.1:{port}")
