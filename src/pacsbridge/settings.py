@@ -55,7 +55,8 @@ class CorsSettings(BaseModel):
 class StorageSettings(BaseModel):
     """The embedded (local) archive."""
 
-    fsync: bool = Field(default=True, description="fsync each stored file and its folder before indexing it.")
+    fsync: bool = Field(default=True,
+                        description="Sync each stored file (fdatasync) and its folder (fsync) before indexing it.")
 
 
 class DimsePeer(BaseModel):
