@@ -45,8 +45,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"pacsbridge: DICOMweb at http://{settings.host}:{settings.port}{settings.dicomweb.root}{listening} "
           f"(data in {settings.data_dir.resolve()}, {settings.resolved_workers()} worker(s))", file=sys.stderr)
     # access_log=False: uvicorn would log query strings (patient names); adapters/http.AccessLog doesn't.
+    # zero_copy: uvicorn's httptools protocol that also sends stored files with sendfile.
     options: dict[str, Any] = {"host": settings.host, "port": settings.port, "proxy_headers": True,
-                               "log_level": settings.log_level.lower(), "access_log": False}
+                               "log_level": settings.log_level.lower(), "access_log": False,
+                               "http": "pacsbridge.zero_copy:ZeroCopyHttpProtocol"}
     workers = settings.resolved_workers()
     if workers == 1:
         uvicorn.run(build_app(settings), **options)

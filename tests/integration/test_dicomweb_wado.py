@@ -281,14 +281,16 @@ def test_frames_come_from_the_layout_kept_at_ingest_and_without_it_from_the_file
     db.close()
 
 
-def test_a_study_larger_than_a_read_batch_comes_whole_and_in_order_and_a_client_may_leave_midway(
-        server: RunningServer) -> None:
-    """Small instances are read a batch (about 4 MB) ahead while the current batch goes out, a large one
-    is streamed between them: every byte arrives, in index order; a client closing the connection in
-    the middle of the body leaves the server serving."""
+def test_a_study_of_several_runs_of_opened_files_comes_whole_and_in_order_and_a_client_may_leave_midway(
+        server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored files are opened a run at a time (four here), small and large alike: every byte arrives,
+    in index order; a client closing the connection in the middle of the body leaves the server serving."""
+    from pacsbridge.adapters.dicomweb import wado
+
+    monkeypatch.setattr(wado, "OPEN_RUN", 4)
     study_uid, series_uid = generate_uid(), generate_uid()
     sent = [instance(study_uid, series_uid, number=n, rows=512, columns=512) for n in range(1, 14)]
-    sent.insert(6, instance(study_uid, series_uid, number=99, rows=1100, columns=1100))  # > 2 MB: streamed
+    sent.insert(6, instance(study_uid, series_uid, number=99, rows=1100, columns=1100))  # 2.4 MB
     for start in range(0, len(sent), 5):
         body, content_type = stow_body(sent[start:start + 5])
         assert httpx.post(server.dicomweb + "/studies", content=body,

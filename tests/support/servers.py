@@ -16,6 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from pacsbridge.settings import Settings
+from pacsbridge.zero_copy import ZeroCopyHttpProtocol
 
 OPEN_DICOMWEB = {"open_routes": ["/dicomweb"]}
 """Auth settings for functional tests of the DICOMweb door: the operator opens it (tests/security
@@ -52,7 +53,9 @@ def serve(settings: Settings, port: int | None = None) -> Iterator[RunningServer
         # The default DIMSE port is one per machine; a test server takes whatever port is free.
         settings = settings.model_copy(update={"dimse": settings.dimse.model_copy(update={"port": 0})})
     running = RunningServer(settings, port)
-    config = uvicorn.Config(running.app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # The protocol `pacsbridge serve` runs: stored files go out with sendfile.
+    config = uvicorn.Config(running.app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                            http=ZeroCopyHttpProtocol)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

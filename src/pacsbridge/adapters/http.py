@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .streaming import ZERO_COPY
+
 
 class CrossOriginResourcePolicy:
     """Adds ``Cross-Origin-Resource-Policy: cross-origin`` so a cross-origin-isolated viewer (OHIF with
@@ -59,6 +61,8 @@ class AccessLog:
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == ZERO_COPY:
+                sent += message["count"]
             await send(message)
 
         try:

@@ -6,18 +6,20 @@ Bodies are streamed part by part; a study is never held in memory.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import BinaryIO
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ...domain.errors import CorruptData, InvalidInput, NotFound
+from ...domain.errors import InvalidInput, NotFound
 from ...domain.model import Scope, StoredInstance
 from ...formats.media import MediaRange
 from ...formats.multipart import MultipartWriter, multipart_related_type, new_boundary
 from ...formats.render import parse_render_params
 from ..auth.middleware import principal_of
+from ..streaming import FileBody, FileStreamingResponse
 from .context import DicomwebContext
 from .negotiation import (
     ANY_TS,
@@ -29,8 +31,7 @@ from .negotiation import (
     web_syntax,
 )
 
-SMALL_FILE = 2 << 20  # instances up to this size are read whole and sent in batches ...
-BATCH_BYTES = 4 << 20  # ... of about this many bytes
+OPEN_RUN = 32  # stored files opened in one worker call
 
 
 def scope_of(request: Request) -> Scope:
@@ -53,8 +54,7 @@ async def retrieve_instances(ctx: DicomwebContext, request: Request) -> Response
     if not choice.multipart:
         stored = found[0]
         ts = _target(stored, choice.transfer_syntax)
-        return StreamingResponse(ctx.retrieve.instance_bytes(stored, ts),
-                                 media_type=f"application/dicom; transfer-syntax={ts}")
+        return await instance_response(ctx, stored, ts, f"application/dicom; transfer-syntax={ts}")
     boundary = new_boundary()
     writer = MultipartWriter(boundary)
 
@@ -65,79 +65,64 @@ async def retrieve_instances(ctx: DicomwebContext, request: Request) -> Response
         extra = {"Content-Length": str(stored.size)} if ts == stored.transfer_syntax else {}
         return writer.part_header(f"application/dicom; transfer-syntax={ts}", extra)
 
-    def small(stored: StoredInstance) -> bool:
-        return as_stored(stored) and stored.size <= SMALL_FILE
-
-    async def body() -> AsyncIterator[bytes]:
-        # Small instances sent as stored are read in batches (one worker call for many 0.5 MB files),
-        # the next batch while this one goes out; file bytes go out as they were read, never joined
-        # with the small framing pieces around them.
+    async def body() -> AsyncIterator[bytes | FileBody]:
+        # Instances sent as stored go out as files (sendfile under our server), opened a run at a time;
+        # the small framing pieces go out between them.
         pending = b""  # framing to send before the next data: the previous part's end, the next header
-        groups = _groups(found, small)
-        ahead: asyncio.Future[list[bytes]] | None = None
+        opened: list[BinaryIO] = []
         try:
-            for index, group in enumerate(groups):
-                if small(group[0]):
-                    datas = await (ahead if ahead is not None else ctx.retrieve.read_whole(group))
-                    ahead = None
-                    following = groups[index + 1] if index + 1 < len(groups) else None
-                    if following is not None and small(following[0]):
-                        ahead = asyncio.ensure_future(ctx.retrieve.read_whole(following))
-                    for member, data in zip(group, datas, strict=True):
-                        _check_size(member, len(data))
+            for group in _runs(found, as_stored):
+                if as_stored(group[0]):
+                    opened = await ctx.retrieve.open_stored(group)
+                    for member, fp in zip(group, opened, strict=True):
                         yield pending + header(member, member.transfer_syntax)
-                        yield data
+                        yield FileBody(fp, member.size)  # the response closes it
                         pending = writer.part_end()
+                    opened = []
                     continue
                 stored = group[0]
                 ts = _target(stored, choice.transfer_syntax)
                 yield pending + header(stored, ts)
-                sent = 0
                 async for chunk in ctx.retrieve.instance_bytes(stored, ts):
-                    sent += len(chunk)
                     yield chunk
-                if ts == stored.transfer_syntax:
-                    _check_size(stored, sent)
                 pending = writer.part_end()
             yield pending + writer.close()
         finally:
-            if ahead is not None:  # the client went away: the batch read ahead is not wanted
-                ahead.cancel()
-                ahead.add_done_callback(_consume)  # a read that failed first is not logged as lost
+            for fp in opened:  # the client went away: files opened but not sent (closing twice is harmless)
+                fp.close()
 
     headers = {"Content-Type": multipart_related_type("application/dicom", boundary)}
     if all(as_stored(s) for s in found):
         # Every length is known from the index: the client gets a Content-Length and no chunked framing.
         total = sum(len(header(s, s.transfer_syntax)) + s.size + len(writer.part_end()) for s in found)
         headers["Content-Length"] = str(total + len(writer.close()))
-    return StreamingResponse(body(), headers=headers)
+    return FileStreamingResponse(body(), headers=headers)
 
 
-def _consume(future: asyncio.Future[list[bytes]]) -> None:
-    if not future.cancelled():
-        future.exception()
+async def instance_response(ctx: DicomwebContext, stored: StoredInstance, ts: str, media_type: str) -> Response:
+    """One instance as a Part 10 body: the stored file itself, with its Content-Length, when no
+    conversion is needed; otherwise converted and streamed."""
+    if ts != stored.transfer_syntax:
+        return StreamingResponse(ctx.retrieve.instance_bytes(stored, ts), media_type=media_type)
+    (fp,) = await ctx.retrieve.open_stored([stored])
+
+    async def body() -> AsyncIterator[FileBody]:
+        yield FileBody(fp, stored.size)
+
+    return FileStreamingResponse(body(), media_type=media_type, headers={"Content-Length": str(stored.size)},
+                                 background=BackgroundTask(fp.close))  # if the body never ran
 
 
-def _groups(found: list[StoredInstance], small: Callable[[StoredInstance], bool]) -> list[list[StoredInstance]]:
-    """The instances in order, in runs of small ones of about BATCH_BYTES (read in one go), every
-    other instance alone (streamed)."""
+def _runs(found: list[StoredInstance], as_stored: Callable[[StoredInstance], bool]) -> list[list[StoredInstance]]:
+    """The instances in order: runs of up to OPEN_RUN instances sent as stored (opened together), every
+    other instance alone (converted and streamed)."""
     groups: list[list[StoredInstance]] = []
-    size = 0
     for stored in found:
-        if small(stored) and groups and small(groups[-1][0]) and size < BATCH_BYTES:
+        if as_stored(stored) and groups and as_stored(groups[-1][0]) and len(groups[-1]) < OPEN_RUN:
             groups[-1].append(stored)
-            size += stored.size
         else:
             groups.append([stored])
-            size = stored.size
     return groups
-
-
-def _check_size(stored: StoredInstance, size: int) -> None:
-    """A stored file must have the size its index row says (file names are unique, files never change);
-    otherwise the body already promised would be wrong: stop it rather than send a corrupt one."""
-    if size != stored.size:
-        raise CorruptData(f"stored file of {stored.ref.sop_uid} has {size} bytes, its index row says {stored.size}")
 
 
 def _target(stored: StoredInstance, wanted: str | None) -> str:

@@ -6,13 +6,14 @@ See: PS3.18 Ch. 9, §9.1.2 (request parameters), §9.1.3 (response).
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ...domain.errors import InvalidInput, Unsupported
 from ...domain.model import EXPLICIT_VR_LITTLE_ENDIAN, Scope
 from ...formats.render import parse_wado_uri_params
 from ..auth.middleware import principal_of
 from .context import DicomwebContext
+from .wado import instance_response
 
 RENDERED = ("image/jpeg", "image/png", "image/gif")
 RENDER_ONLY = ("annotation", "rows", "columns", "region", "windowCenter", "windowWidth", "frameNumber",
@@ -40,7 +41,7 @@ async def retrieve(ctx: DicomwebContext, request: Request) -> Response:
         wanted = q.get("transferSyntax") or EXPLICIT_VR_LITTLE_ENDIAN
         if not ctx.retrieve.can_transcode(stored.transfer_syntax, wanted):
             raise Unsupported(f"cannot provide transfer syntax {wanted}")
-        return StreamingResponse(ctx.retrieve.instance_bytes(stored, wanted), media_type="application/dicom")
+        return await instance_response(ctx, stored, wanted, "application/dicom")
     media = next((c for c in content_types if c in RENDERED), None) if content_types else "image/jpeg"
     if media is None:
         raise Unsupported("contentType must list application/dicom, image/jpeg, image/png or image/gif")
