@@ -72,6 +72,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="whole-study retrieves ask every study this many times (one pass takes about 1 s "
                         "for pacsbridge here: too short to measure alone)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads for the read phases")
+    p.add_argument("--wado-wrk-threads", type=int, default=2,
+                   help="wrk threads for whole-study retrieves (one thread reading pacsbridge's bodies used 83%% "
+                        "of a core and was the limit, not the server)")
     p.add_argument("--uploaders", type=int, default=4, help="concurrent STOW-RS requests")
     p.add_argument("--stow-parts", type=int, default=16, help="most parts in one STOW-RS request")
     p.add_argument("--stow-mb", type=int, default=32, help="most MB in one STOW-RS request (a larger file goes alone)")
@@ -217,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "multiframe_bytes": [i.size for i in items if i.frames > 1]}}
     report["client"] = {"stow_and_memory": "httpx", "reads": args.read_client,
                         "wrk": wrk_version() if args.read_client == "wrk" else None,
-                        "wrk_threads": args.wrk_threads if args.read_client == "wrk" else None}
+                        "wrk_threads": args.wrk_threads if args.read_client == "wrk" else None,
+                        "wado_wrk_threads": args.wado_wrk_threads if args.read_client == "wrk" else None}
     results, report["checks"] = throughput_phases(args, items, env)
     memory = memory_phases(args, items, env) if "memory" in args.phases else {}
     report["results"] = {phase: {name: r.summary() for name, r in by.items()} for phase, by in results.items()}
@@ -292,7 +296,8 @@ def throughput_phases(args: argparse.Namespace, items: Sequence[Item], env: dict
                 if phase == "wado_study":  # each study wado_passes times: every instance, every byte
                     per_study = [in_study[path.rsplit("/", 1)[1]] for path in p]
                     expect = (sum(n for n, _ in per_study), sum(size for _, size in per_study))
-                return wrk_gets(t.dicomweb, p, a, pid=t.pid, concurrency=c, threads=args.wrk_threads,
+                threads = args.wado_wrk_threads if phase == "wado_study" else args.wrk_threads
+                return wrk_gets(t.dicomweb, p, a, pid=t.pid, concurrency=c, threads=threads,
                                 max_requests=bound, max_seconds=seconds, warmup=warmup, ok=o,
                                 label=f"{phase} {t.name} round {r + 1}", lean=phase in LEAN_PHASES,
                                 expect=expect)
