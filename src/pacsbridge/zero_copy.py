@@ -5,22 +5,25 @@ Whole-study retrieval is mostly stored files sent as they are. Read and written 
 byte is copied twice more in the kernel (page cache to a buffer, buffer to the socket) and allocated
 once in Python. uvicorn implements no zero-copy send, but it accepts a protocol class (its ``http``
 option): this one is its httptools protocol offering ``http.response.zerocopysend`` (ASGI HTTP spec,
-extensions) in every request's scope.
+extensions) in every plain-HTTP request's scope (not over TLS, where the bytes must be encrypted).
 
 How a zero-copy send is carried out:
 1. Anything uvicorn has buffered for the connection (headers, framing) is flushed first: the write
    buffer limits drop to zero until the buffer is empty, so the bytes stay in order.
-2. A range whose pages are in the page cache (its last byte reads with ``RWF_NOWAIT``; the retrieve
-   use case asks the kernel to read files ahead) is sent from the event loop: ``sendfile`` on a
-   duplicate of the socket's descriptor, waiting for room with a writer callback on that duplicate.
-   No thread is woken: on this 2-core VM a thread hop per file cost more than the copy it saved.
-3. Any other range is sent by a worker thread (``sendfile``, ``poll`` when the socket is full), so the
-   event loop never waits for the disk.
-4. Nothing else writes to the connection meanwhile: the application is waiting for its send. A
-   connection that breaks or closes ends the send.
+2. The range goes out in pieces of at most PIECE bytes with ``sendfile`` on a duplicate of the
+   socket's descriptor, made for this send on the event loop and closed when it ends (so no thread
+   ever holds a descriptor number the connection may have given back).
+3. A piece whose last byte is in the page cache (a read with ``RWF_NOWAIT``; the retrieve use case asks
+   the kernel to read files ahead) is sent from the event loop. Any other piece is sent by a worker
+   thread, which may wait for the disk but never for the client: the socket is non-blocking.
+   No thread is woken for cached data: on this 2-core VM a thread hop per file cost more than the
+   copy it saved.
+4. When the socket is full the send waits on the event loop for room (a writer callback on the
+   duplicate: the transport owns the original). A connection that closes meanwhile ends the send.
+5. Nothing else writes to the connection meanwhile: the application is waiting for its send.
 
 Only bodies with a Content-Length are sent with ``sendfile``; in a chunked body the file's bytes are
-read and sent as an ordinary body message, and a HEAD request sends none.
+read and sent as ordinary body messages, and a HEAD request sends none.
 """
 
 from __future__ import annotations
@@ -28,8 +31,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import select
-import threading
 from typing import IO, Any
 
 import anyio
@@ -37,7 +38,7 @@ import anyio.to_thread
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 EXTENSION = "http.response.zerocopysend"
-POLL_S = 0.5  # how often a thread waiting on a full socket looks whether the connection is gone
+PIECE = 1 << 20  # most bytes of one sendfile call: the page-cache probe vouches for this much
 FLUSH_POLL_S = 0.001
 
 
@@ -46,16 +47,11 @@ class ZeroCopyHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._lost = threading.Event()  # seen by sending threads
-        self._out_fd: int | None = None  # duplicate of the socket for sends from the event loop
-        self._writable: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None  # a send waiting for the socket to take more
+        self._room_fd = -1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost.set()
         self._stop_waiting(ConnectionResetError(errno.ECONNRESET, "connection closed during a file send"))
-        if self._out_fd is not None:
-            os.close(self._out_fd)
-            self._out_fd = None
         super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
@@ -63,55 +59,54 @@ class ZeroCopyHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None or cycle.scope is not self.scope:  # an upgrade: no HTTP cycle was started
             return
+        if self.transport.get_extra_info("sslcontext"):
+            return
         self.scope.setdefault("extensions", {})[EXTENSION] = {}
         # The application's task is created but has not run yet, so it will get this send.
         cycle.send = _ZeroCopySend(self, cycle, cycle.send)  # type: ignore[method-assign]
 
-    # --- sending from the event loop ----------------------------------------------------------------
-
-    async def send_from_loop(self, file_fd: int, offset: int, count: int) -> None:
-        if self._out_fd is None:
-            self._out_fd = os.dup(self.transport.get_extra_info("socket").fileno())
-        while count > 0:
-            if self._out_fd is None:
-                raise ConnectionResetError(errno.ECONNRESET, "connection closed during a file send")
-            try:
-                sent = os.sendfile(self._out_fd, file_fd, offset, count)
-            except BlockingIOError:
-                await self._room()
-                continue
-            if sent == 0:
-                raise OSError(errno.EIO, f"file ended {count} bytes before the range sent")
-            offset += sent
-            count -= sent
-
-    async def _room(self) -> None:
-        """Wait until the socket takes more bytes (a writer callback on our duplicate descriptor: the
-        transport owns the original)."""
-        assert self._out_fd is not None
-        loop = asyncio.get_running_loop()
-        self._writable = loop.create_future()
-        loop.add_writer(self._out_fd, self._stop_waiting, None)
+    async def send_file(self, file_fd: int, offset: int, count: int) -> None:
+        """``count`` bytes of the file from ``offset`` to the connection (steps 2 to 4 above)."""
+        if self.transport.is_closing():
+            raise ConnectionResetError(errno.ECONNRESET, "connection closed before a file send")
+        out = os.dup(self.transport.get_extra_info("socket").fileno())
         try:
-            await self._writable
+            while count > 0:
+                piece = min(count, PIECE)
+                try:
+                    if _in_page_cache(file_fd, offset + piece - 1):
+                        sent = os.sendfile(out, file_fd, offset, piece)
+                    else:
+                        sent = await anyio.to_thread.run_sync(os.sendfile, out, file_fd, offset, piece)
+                except BlockingIOError:
+                    await self._wait_for_room(out)
+                    continue
+                if sent == 0:
+                    raise OSError(errno.EIO, f"file ended {count} bytes before the range sent")
+                offset += sent
+                count -= sent
+        finally:
+            os.close(out)
+
+    async def _wait_for_room(self, out: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._room, self._room_fd = loop.create_future(), out
+        loop.add_writer(out, self._stop_waiting, None)
+        try:
+            await self._room
         finally:
             self._stop_waiting(None)
 
     def _stop_waiting(self, error: BaseException | None) -> None:
-        waiter, self._writable = self._writable, None
+        waiter, self._room = self._room, None
         if waiter is None:
             return
-        if self._out_fd is not None:
-            self.loop.remove_writer(self._out_fd)
+        self.loop.remove_writer(self._room_fd)
         if not waiter.done():
             if error is None:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(error)
-
-    def send_from_thread(self, file_fd: int, offset: int, count: int) -> Any:
-        sock_fd = self.transport.get_extra_info("socket").fileno()
-        return anyio.to_thread.run_sync(_send_range, sock_fd, file_fd, offset, count, self._lost)
 
 
 class _ZeroCopySend:
@@ -140,9 +135,8 @@ class _ZeroCopySend:
         if cycle.scope["method"] == "HEAD":  # headers only: nothing to read
             await self.plain({"type": "http.response.body", "body": b"", "more_body": more_body})
             return
-        if cycle.chunked_encoding:  # each piece needs its chunk framing: sent as an ordinary body
-            body = await anyio.to_thread.run_sync(os.pread, file.fileno(), count, offset)
-            await self.plain({"type": "http.response.body", "body": body, "more_body": more_body})
+        if cycle.chunked_encoding:  # each piece needs its chunk framing: sent as ordinary body messages
+            await self._send_read(file.fileno(), offset, count, more_body)
             return
         if count > cycle.expected_content_length:
             raise RuntimeError("Response content longer than Content-Length")
@@ -150,12 +144,7 @@ class _ZeroCopySend:
         if cycle.disconnected:
             return
         try:
-            if count == 0:
-                pass
-            elif _in_page_cache(file.fileno(), offset + count - 1):
-                await self.protocol.send_from_loop(file.fileno(), offset, count)
-            else:
-                await self.protocol.send_from_thread(file.fileno(), offset, count)
+            await self.protocol.send_file(file.fileno(), offset, count)
         except ConnectionError:
             cycle.disconnected = True
             cycle.transport.close()
@@ -163,6 +152,17 @@ class _ZeroCopySend:
         cycle.expected_content_length -= count
         if not more_body:
             await self.plain({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_read(self, fd: int, offset: int, count: int, more_body: bool) -> None:
+        while True:
+            data = await anyio.to_thread.run_sync(os.pread, fd, min(count, PIECE), offset)
+            if count and not data:
+                raise OSError(errno.EIO, f"file ended {count} bytes before the range sent")
+            offset += len(data)
+            count -= len(data)
+            await self.plain({"type": "http.response.body", "body": data, "more_body": more_body or count > 0})
+            if count == 0:
+                return
 
 
 def _in_page_cache(fd: int, position: int) -> bool:
@@ -188,27 +188,5 @@ async def _flush(cycle: RequestResponseCycle) -> None:
             else:  # a transport that did not pause its protocol: look again shortly, never spin
                 await anyio.sleep(FLUSH_POLL_S)
     finally:
-        transport.set_write_buffer_limits(high=high, low=low)
-
-
-def _send_range(sock_fd: int, file_fd: int, offset: int, count: int, lost: threading.Event) -> None:
-    """``count`` bytes of the file from ``offset`` to the (non-blocking) socket. Runs in a thread, on a
-    duplicate descriptor, so that a connection closed meanwhile never lets it write to a reused number."""
-    out = os.dup(sock_fd)
-    try:
-        poller = select.poll()
-        poller.register(out, select.POLLOUT)
-        while count > 0:
-            try:
-                sent = os.sendfile(out, file_fd, offset, count)
-            except BlockingIOError:
-                while not poller.poll(POLL_S * 1000):
-                    if lost.is_set():
-                        raise ConnectionResetError(errno.ECONNRESET, "connection closed during a file send") from None
-                continue
-            if sent == 0:
-                raise OSError(errno.EIO, f"file ended {count} bytes before the range sent")
-            offset += sent
-            count -= sent
-    finally:
-        os.close(out)
+        if not transport.is_closing():  # a closed transport refuses new limits (and needs none)
+            transport.set_write_buffer_limits(high=high, low=low)
