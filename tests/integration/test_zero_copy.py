@@ -203,10 +203,18 @@ def test_a_chunked_body_and_a_head_request_send_no_file_by_sendfile(
     other_study = generate_uid()
     as_stored = [instance(other_study, number=n) for n in range(1, 3)]
     store(server, as_stored)
+    opened: list[int] = []
+    real_open = server.app.state.services.retrieve.open_stored
+
+    async def counting_open(stored: list) -> list:
+        opened.append(len(stored))
+        return await real_open(stored)
+
+    monkeypatch.setattr(server.app.state.services.retrieve, "open_stored", counting_open)
     with httpx.Client(timeout=30) as client:
         head = client.head(f"{server.dicomweb}/studies/{as_stored[0].StudyInstanceUID}", headers=AS_STORED)
         assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) > 0
-        assert sends.started == 0
+        assert sends.started == 0 and opened == []  # no file opened (nor read ahead) for a HEAD
         after = client.get(f"{server.dicomweb}/studies/{as_stored[0].StudyInstanceUID}", headers=AS_STORED)
     assert int(head.headers["content-length"]) == len(after.content)
     assert sends.started == len(as_stored)

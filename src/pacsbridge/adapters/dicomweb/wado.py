@@ -96,6 +96,8 @@ async def retrieve_instances(ctx: DicomwebContext, request: Request) -> Response
         # Every length is known from the index: the client gets a Content-Length and no chunked framing.
         total = sum(len(header(s, s.transfer_syntax)) + s.size + len(writer.part_end()) for s in found)
         headers["Content-Length"] = str(total + len(writer.close()))
+        if request.method == "HEAD":  # the headers say it all: no file is opened or read ahead
+            return Response(headers=headers)
     return FileStreamingResponse(body(), headers=headers)
 
 
