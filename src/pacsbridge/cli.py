@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import allocator
+from . import allocator, open_files
 from .logs import configure_logging
 from .settings import Settings, load_settings, masked
 
@@ -38,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.log_level)
     allocator.tune()
+    open_files.raise_limit()
     if args.demo:
         _import_demo(settings)
     dimse = settings.dimse

@@ -320,3 +320,36 @@ def test_keep_alive_connections_opened_at_once_are_spread_over_the_workers(tmp_p
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="needs Linux /proc")
+def test_serve_raises_its_open_files_limit_to_the_hard_limit_for_every_worker(tmp_path: Path) -> None:
+    """Started with the soft limit of 1,024 files that many service managers give, `serve` and its
+    workers run with the hard limit (each retrieval keeps a run of stored files open)."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 1024:
+        pytest.skip("the hard limit leaves nothing to raise")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    port = free_port()
+    proc = subprocess.Popen([*PACSBRIDGE, "serve", "--port", str(port), "--workers", "2", "--data-dir",
+                             str(tmp_path / "d")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=low_soft_limit)
+
+    def soft_limit(pid: int) -> int:
+        line = next(x for x in Path(f"/proc/{pid}/limits").read_text().splitlines() if x.startswith("Max open files"))
+        return int(line.split()[3])
+
+    try:
+        wait_for_health(proc, f"http://127.0.0.1:{port}")
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        workers = [int(p) for p in children if "--multiprocessing-fork" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert workers
+        assert [soft_limit(pid) for pid in [proc.pid, *workers]] == [hard] * (1 + len(workers))
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
