@@ -31,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from collections.abc import AsyncIterator
 from typing import IO, Any
 
 import anyio
 import anyio.to_thread
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-EXTENSION = "http.response.zerocopysend"
+EXTENSION = "http.response.zerocopysend"  # ASGI HTTP extension
 PIECE = 1 << 20  # most bytes of one sendfile call: the page-cache probe vouches for this much
 FLUSH_POLL_S = 0.001
 
@@ -136,7 +137,9 @@ class _ZeroCopySend:
             await self.plain({"type": "http.response.body", "body": b"", "more_body": more_body})
             return
         if cycle.chunked_encoding:  # each piece needs its chunk framing: sent as ordinary body messages
-            await self._send_read(file.fileno(), offset, count, more_body)
+            async for data in read_range(file.fileno(), offset, count, PIECE):
+                await self.plain({"type": "http.response.body", "body": data, "more_body": True})
+            await self.plain({"type": "http.response.body", "body": b"", "more_body": more_body})
             return
         if count > cycle.expected_content_length:
             raise RuntimeError("Response content longer than Content-Length")
@@ -153,16 +156,19 @@ class _ZeroCopySend:
         if not more_body:
             await self.plain({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _send_read(self, fd: int, offset: int, count: int, more_body: bool) -> None:
-        while True:
-            data = await anyio.to_thread.run_sync(os.pread, fd, min(count, PIECE), offset)
-            if count and not data:
-                raise OSError(errno.EIO, f"file ended {count} bytes before the range sent")
-            offset += len(data)
-            count -= len(data)
-            await self.plain({"type": "http.response.body", "body": data, "more_body": more_body or count > 0})
-            if count == 0:
-                return
+
+
+async def read_range(fd: int, offset: int, count: int, piece: int) -> AsyncIterator[bytes]:
+    """``count`` bytes of the file from ``offset``, read by worker threads ``piece`` bytes at a time: the
+    way to send a file range where ``sendfile`` cannot be used. A file shorter than the range is an
+    error, never a short body."""
+    while count > 0:
+        data = await anyio.to_thread.run_sync(os.pread, fd, min(count, piece), offset)
+        if not data:
+            raise OSError(errno.EIO, f"file ended {count} bytes before the range sent")
+        offset += len(data)
+        count -= len(data)
+        yield data
 
 
 def _in_page_cache(fd: int, position: int) -> bool:

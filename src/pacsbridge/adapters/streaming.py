@@ -8,16 +8,16 @@ messages. Either way each file is closed once sent, or when the response ends ea
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import anyio.to_thread
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-ZERO_COPY = "http.response.zerocopysend"  # ASGI HTTP extension
+from ..zero_copy import EXTENSION, read_range
+
+ZERO_COPY = EXTENSION
 READ_CHUNK = 4 << 20  # without zero-copy send, a file is read and sent in pieces of this size
 
 
@@ -65,12 +65,5 @@ class FileStreamingResponse(StreamingResponse):
             await send({"type": ZERO_COPY, "file": item.file, "offset": item.offset, "count": item.count,
                         "more_body": True})
             return
-        fd = item.file.fileno()
-        offset, left = item.offset, item.count
-        while left > 0:
-            data = await anyio.to_thread.run_sync(os.pread, fd, min(left, READ_CHUNK), offset)
-            if not data:
-                raise OSError(f"file ended {left} bytes before the range sent")
+        async for data in read_range(item.file.fileno(), item.offset, item.count, READ_CHUNK):
             await send({"type": "http.response.body", "body": data, "more_body": True})
-            offset += len(data)
-            left -= len(data)
