@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -251,30 +252,40 @@ def test_the_page_cache_probe_tells_cached_from_dropped_pages(tmp_path: Path) ->
         os.close(fd)
 
 
-def test_bytes_the_transport_still_holds_go_out_before_the_file(tmp_path: Path) -> None:
-    """A body message larger than the socket takes stays in uvicorn's buffer; a file sent next must wait
-    for it, or the client would get the file's bytes in the middle of the message's."""
-    import uvicorn
+class MessageThenFile:
+    """An ASGI app answering every request with an 8 MB body message (more than the socket takes, so
+    uvicorn buffers the rest) followed by ``blob`` as a zero-copy send; it records what it raised."""
 
-    blob = tmp_path / "file"
-    blob.write_bytes(bytes(range(251)) * 4000)  # ~1 MB
     first = b"A" * (8 << 20)
-    waits: list[int] = []
-    real_flush = zero_copy._flush
 
-    async def flush(cycle: object) -> None:
-        waits.append(cycle.transport.get_write_buffer_size())  # type: ignore[attr-defined]
-        await real_flush(cycle)  # type: ignore[arg-type]
+    def __init__(self, blob: Path) -> None:
+        self.blob = blob
+        self.errors: list[BaseException] = []
+        self.finished = threading.Event()
 
-    async def app(scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                       send: Callable[[dict], Awaitable[None]]) -> None:
         if scope["type"] != "http":
             return
-        assert "http.response.zerocopysend" in scope["extensions"]
-        size = len(first) + blob.stat().st_size
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(size).encode())]})
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-        with blob.open("rb") as fp:
-            await send({"type": "http.response.zerocopysend", "file": fp, "more_body": False})
+        try:
+            assert "http.response.zerocopysend" in scope["extensions"]
+            size = len(self.first) + self.blob.stat().st_size
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(size).encode())]})
+            await send({"type": "http.response.body", "body": self.first, "more_body": True})
+            with self.blob.open("rb") as fp:
+                await send({"type": "http.response.zerocopysend", "file": fp, "more_body": False})
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+        finally:
+            self.finished.set()
+
+
+@contextlib.contextmanager
+def serving(app: MessageThenFile) -> Iterator[int]:
+    """uvicorn with pacsbridge's protocol serving ``app`` on a free loopback port, stopped on exit."""
+    import uvicorn
 
     from ..support.servers import free_port
 
@@ -282,21 +293,38 @@ def test_bytes_the_transport_still_holds_go_out_before_the_file(tmp_path: Path) 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            http=ZeroCopyHttpProtocol, lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(zero_copy, "_flush", flush)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 20
-            while not server.started and time.monotonic() < deadline:
-                time.sleep(0.02)
-            with httpx.stream("GET", f"http://127.0.0.1:{port}/", timeout=30) as r:
-                time.sleep(0.3)  # let the socket fill and uvicorn buffer the rest of the first message
-                body = r.read()
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_bytes_the_transport_still_holds_go_out_before_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body message larger than the socket takes stays in uvicorn's buffer; a file sent next must wait
+    for it, or the client would get the file's bytes in the middle of the message's."""
+    blob = tmp_path / "file"
+    blob.write_bytes(bytes(range(251)) * 4000)  # ~1 MB
+    waits: list[int] = []
+    real_flush = zero_copy._flush
+
+    async def flush(cycle: object) -> None:
+        waits.append(cycle.transport.get_write_buffer_size())  # type: ignore[attr-defined]
+        await real_flush(cycle)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(zero_copy, "_flush", flush)
+    app = MessageThenFile(blob)
+    with serving(app) as port, httpx.stream("GET", f"http://127.0.0.1:{port}/", timeout=30) as r:
+        time.sleep(0.3)  # let the socket fill and uvicorn buffer the rest of the first message
+        body = r.read()
     assert waits and waits[0] > 0  # something was still buffered when the file's turn came
-    assert body == first + blob.read_bytes()
+    assert body == app.first + blob.read_bytes()
+    assert app.errors == []
 
 
 def test_a_single_instance_as_stored_is_the_stored_file_with_its_length(server: RunningServer, sends: Sends) -> None:
@@ -327,48 +355,14 @@ def test_a_single_instance_as_stored_is_the_stored_file_with_its_length(server: 
 def test_a_client_leaving_while_its_buffered_bytes_drain_ends_the_send_quietly(tmp_path: Path) -> None:
     """The client closes while the send still waits for uvicorn's buffer to empty: the send ends
     without an error (the closed transport is not given its buffer limits back)."""
-    import uvicorn
-
     blob = tmp_path / "file"
     blob.write_bytes(b"f" * 100_000)
-    first = b"A" * (8 << 20)
-    errors: list[BaseException] = []
-    finished = threading.Event()
-
-    async def app(scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
-            return
-        try:
-            size = len(first) + blob.stat().st_size
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-length", str(size).encode())]})
-            await send({"type": "http.response.body", "body": first, "more_body": True})
-            with blob.open("rb") as fp:
-                await send({"type": "http.response.zerocopysend", "file": fp, "more_body": False})
-        except BaseException as exc:
-            errors.append(exc)
-            raise
-        finally:
-            finished.set()
-
-    from ..support.servers import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           http=ZeroCopyHttpProtocol, lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
+    app = MessageThenFile(blob)
+    with serving(app) as port:
         sock = small_window_to(port)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         time.sleep(0.3)  # the rest of the first message is in uvicorn's buffer, the file waits behind it
         sock.close()
-        assert finished.wait(10)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-    assert errors == []
+        assert app.finished.wait(10)
+    assert app.errors == []
