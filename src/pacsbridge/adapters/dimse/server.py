@@ -57,7 +57,7 @@ from ...domain.scopes import DICOMWEB_READ, DICOMWEB_SEARCH, DICOMWEB_WRITE
 from ...domain.store import FailureReason, StoreResult
 from ...formats.dimse_query import find_query, find_response, patients, retrieve_scopes
 from ...services import audit
-from ...services.ingest import IngestService, Received
+from ...services.ingest import IngestService
 from ...services.ports import AuditTrail
 from ...services.retrieve import RetrieveService
 from ...services.search import PATIENT_ID, SearchService
@@ -206,12 +206,12 @@ class DimseDoor:
             self._record(event, principal, "create", "C-STORE", sop_class, NOT_AUTHORIZED)
             return status_dataset(NOT_AUTHORIZED, "this AE may not store here")
         ingest = self._route(event)[1].ingest
-        received = _receive(event, ingest)
+        staged = _spool(event, ingest)
         origin = Origin("c-store", str(requestor.address), principal.subject)
 
         async def store() -> tuple[StoreResult, AccessNote]:
             with audit.noting() as note:
-                return (await ingest.store_received([received], origin))[0], note
+                return await ingest.store_file(staged, origin), note
 
         try:
             result, note = self._call(store)
@@ -229,10 +229,10 @@ class DimseDoor:
     def _deliver(self, event: Any, upstream: str) -> Dataset | int:
         """A supplier's C-STORE (the result of our C-MOVE): into that upstream's cache, as fetched data."""
         ingest = self.deliveries[upstream]
-        received = _receive(event, ingest)
+        staged = _spool(event, ingest)
         origin = Origin("c-move-result", str(event.assoc.requestor.address), f"upstream:{upstream}")
         try:
-            result = self._call(lambda: ingest.store_received([received], origin))[0]
+            result = self._call(lambda: ingest.store_file(staged, origin))
         except Exception:
             log.exception("upstream %s: a C-MOVE result could not be cached", upstream)
             return status_dataset(OUT_OF_RESOURCES, "the cache could not store the instance")
@@ -414,14 +414,12 @@ def one_listener(lock_path: Path) -> Iterator[bool]:
         os.close(fd)  # releases the lock
 
 
-def _receive(event: Any, ingest: IngestService) -> Received:
-    """A C-STORE's dataset, with its File Meta, as a sealed spool file, read and described here (in the
-    association's thread) from the bytes in hand: no second read of the file, and no thread hop for it
-    (each one is a cross-CPU wake-up, which this path pays once per instance)."""
+def _spool(event: Any, ingest: IngestService) -> Path:
+    """A C-STORE's dataset, with its File Meta, as a sealed spool file."""
     data = event.encoded_dataset(include_meta=True)
     staged, fp = ingest.new_spool_file()
     with fp:
         fp.write(data)
         ingest.seal(fp)
-    return ingest.receive(staged, data)
+    return staged
 
