@@ -5,6 +5,9 @@ Usage: .venv/bin/python bench/cstore_floor.py [--files N] [--rounds R]
 
 - ``bare``: a pynetdicom SCP in this process whose C-STORE handler only encodes the received dataset
   (what any pynetdicom-based SCP must do at least): the ceiling for a Python SCP on this machine.
+- ``bare + fdatasync``: the same SCP writing each instance to a new file and fdatasync'ing it before it
+  answers, as Orthanc does by default (``SyncStorageArea``): the ceiling for a pynetdicom SCP that
+  keeps what it acknowledges, with no parsing and no index.
 - ``pacsbridge``: ``pacsbridge serve`` (embedded archive, fsync on), its SCP open to storescu.
 - ``Orthanc``: Debian Orthanc with its defaults (its storage area fsync'd).
 - ``ingest only``: pacsbridge's IngestService over a LocalArchive in this process, the files handed to
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import itertools
 import os
 import subprocess
 import sys
@@ -57,14 +62,23 @@ def send(port: int, called: str, folder: Path, cpu: Callable[[], float]) -> tupl
     return time.monotonic() - t0, cpu() - c0, files
 
 
-def bare(folder: Path, workdir: Path) -> tuple[float, float, int]:
+def bare(folder: Path, workdir: Path, keep: bool = False) -> tuple[float, float, int]:
     quiet_identifiers()
     ae = AE(ae_title="BARE")
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    kept = Path(tempfile.mkdtemp(prefix="bare-", dir=workdir))
+    names = itertools.count()
 
     def store(event: object) -> int:
-        event.encoded_dataset(include_meta=True)  # type: ignore[attr-defined]
+        data = event.encoded_dataset(include_meta=True)  # type: ignore[attr-defined]
+        if keep:
+            fd = os.open(kept / f"{next(names)}.dcm", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, data)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
         return 0x0000
 
     port = free_port()
@@ -122,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=Path("/tmp"))
     args = p.parse_args(argv)
-    targets = {"bare pynetdicom": bare, "pacsbridge": via_pacsbridge, "Orthanc": via_orthanc,
+    targets = {"bare pynetdicom": bare, "bare + fdatasync": functools.partial(bare, keep=True),
+               "pacsbridge": via_pacsbridge, "Orthanc": via_orthanc,
                "ingest only": ingest_only}
     totals: dict[str, list[float]] = {name: [0.0, 0.0, 0] for name in targets}
     with tempfile.TemporaryDirectory(prefix="cstore-floor-", dir=args.workdir) as tmp:
