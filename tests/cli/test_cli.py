@@ -86,6 +86,28 @@ def test_import_folder_zip_and_report_failures(tmp_path: Path) -> None:
     assert all(f.exists() for f in files), "import never moves or changes the source"
 
 
+def test_a_corrupt_zip_member_fails_alone(tmp_path: Path) -> None:
+    """Found in review: one member with a bad CRC raised BadZipFile out of the import, so the members
+    after it were never tried and a spool file was left."""
+    data = tmp_path / "data"
+    _, files = study_files(tmp_path / "src", 3)
+    zipped = tmp_path / "study.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as z:
+        for f in files:
+            z.write(f, f.name)
+    raw = bytearray(zipped.read_bytes())
+    tail = files[1].read_bytes()[-64:]  # the end of its pixel data, which no other member holds
+    assert raw.count(tail) == 1
+    raw[raw.find(tail) + 10] ^= 0xFF  # one flipped byte in the second member's data: its CRC no longer matches
+    zipped.write_bytes(bytes(raw))
+    result = run("import", "--quiet", "--data-dir", str(data), str(zipped))
+    assert result.returncode == 1, result.stderr
+    assert "2 stored" in result.stderr and "1 failed" in result.stderr, result.stderr
+    assert files[1].name in result.stderr and "CRC" in result.stderr, result.stderr
+    assert index_counts(data) == 2
+    assert not list((data / "spool").glob("*"))
+
+
 def test_import_dicomdir(tmp_path: Path) -> None:
     if shutil.which("dcmmkdir") is None:
         pytest.fail("DCMTK dcmmkdir is needed (scripts/install-peers installs dcmtk)")

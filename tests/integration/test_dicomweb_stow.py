@@ -183,3 +183,115 @@ def test_a_request_of_many_batches_keeps_every_part_and_its_order(server: Runnin
     assert not spool_leftovers(server)
     (row,) = httpx.get(server.dicomweb + "/studies", params={"StudyInstanceUID": study}, headers=JSON).json()
     assert row["00201208"]["Value"] == [len(sent)]
+
+
+def test_a_bare_application_dicom_body_over_the_limit_is_413(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The configured limit holds for a single-instance body too, not only for multipart."""
+    from pacsbridge.settings import Settings
+
+    from ..support.servers import serve
+
+    settings = Settings(data_dir=tmp_path / "d", storage={"fsync": False}, dicomweb={"stow_max_bytes": 4096},
+                        auth=OPEN_DICOMWEB)
+    with serve(settings) as small:
+        r = httpx.post(small.dicomweb + "/studies", content=to_bytes(instance(rows=64, columns=64)),
+                       headers={"Content-Type": "application/dicom", **JSON})
+        assert r.status_code == 413
+        assert files_in(small) == [] and not spool_leftovers(small)
+
+
+class _FullDisk:
+    """Fault injection (a full disk cannot be produced by a peer): the spool's files refuse their
+    ``fail_on``-th seal, or every write once ``write_limit`` bytes went into one file."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_on: set[int] | None = None,
+                 write_limit: int | None = None) -> None:
+        import errno
+
+        from pacsbridge.backends.blobs import BlobStore
+
+        self.seals = 0
+        seal, new_spool_file = BlobStore.seal, BlobStore.new_spool_file
+        full = OSError(errno.ENOSPC, "No space left on device")
+
+        def failing_seal(store: BlobStore, fp) -> None:  # type: ignore[no-untyped-def]
+            self.seals += 1
+            if fail_on and self.seals in fail_on:
+                fp.close()
+                raise full
+            seal(store, fp)
+
+        class Limited:
+            def __init__(self, fp) -> None:  # type: ignore[no-untyped-def]
+                self.fp, self.written = fp, 0
+
+            def write(self, data: bytes) -> int:
+                self.written += len(data)
+                if write_limit is not None and self.written > write_limit:
+                    raise full
+                return int(self.fp.write(data))
+
+            def writelines(self, chunks) -> None:  # type: ignore[no-untyped-def]
+                for chunk in chunks:
+                    self.write(chunk)
+
+            def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+                return getattr(self.fp, name)
+
+            def __enter__(self):  # type: ignore[no-untyped-def]
+                return self
+
+            def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+                self.fp.close()
+
+        def limited_spool_file(store: BlobStore):  # type: ignore[no-untyped-def]
+            path, fp = new_spool_file(store)
+            return path, Limited(fp)
+
+        monkeypatch.setattr(BlobStore, "seal", failing_seal)
+        if write_limit is not None:
+            monkeypatch.setattr(BlobStore, "new_spool_file", limited_spool_file)
+
+
+def test_a_full_disk_fails_that_part_with_a700_and_keeps_the_others(
+        server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: a seal that failed (ENOSPC) escaped as a plain 500 and left its spool file; the
+    good parts of the request were lost with it."""
+    _FullDisk(monkeypatch, fail_on={2})
+    study = generate_uid()
+    parts = [instance(study, number=n) for n in (1, 2, 3)]
+    r = post(server, parts)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    (failed,) = body["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xA700]
+    assert len(body["00081199"]["Value"]) == 2
+    assert count_instances(server) == 2 and len(files_in(server)) == 2
+    assert not spool_leftovers(server)
+
+
+def test_a_full_disk_for_every_part_is_503_with_retry_after(server: RunningServer,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _FullDisk(monkeypatch, fail_on=set(range(1, 10)))
+    r = post(server, [instance(), instance()])
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"]
+    assert [f["00081197"]["Value"] for f in r.json()["00081198"]["Value"]] == [[0xA700], [0xA700]]
+    assert files_in(server) == [] and not spool_leftovers(server)
+
+
+def test_a_full_disk_while_a_large_part_streams_in_fails_that_part_only(
+        server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part larger than the sink's write buffer is written while it arrives; a write refused midway
+    drops that part (no spool file) and the next part is still read and stored."""
+    from pacsbridge.adapters.dicomweb.stow import WRITE_BUFFER
+
+    _FullDisk(monkeypatch, write_limit=WRITE_BUFFER // 2)
+    large, small = instance(rows=1024, columns=1024), instance(rows=8, columns=8)
+    assert len(to_bytes(large)) > WRITE_BUFFER
+    r = post(server, [large, small])
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert [f["00081197"]["Value"] for f in body["00081198"]["Value"]] == [[0xA700]]
+    assert [i["00081155"]["Value"][0] for i in body["00081199"]["Value"]] == [small.SOPInstanceUID]
+    assert not spool_leftovers(server)

@@ -99,9 +99,12 @@ async def _import_one(ingest: IngestService, name: str, opener: Opener, origin: 
 
     try:
         await anyio.to_thread.run_sync(copy)
-    except OSError as exc:
+    except (OSError, zipfile.BadZipFile, RuntimeError) as exc:
+        # A member zipfile cannot give (bad CRC, encrypted, truncated archive) fails alone; the import
+        # goes on with the next file.
         staged.unlink(missing_ok=True)
-        summary["failed"].append((name, f"cannot read: {exc.strerror or exc}"))
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        summary["failed"].append((name, f"cannot read: {reason}"))
         return
     result = await ingest.store_file(staged, origin)
     if result.ok:

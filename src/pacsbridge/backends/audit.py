@@ -18,6 +18,7 @@ import anyio
 from sqlalchemy import Engine, insert, select
 
 from ..domain.audit import AuditEvent, AuditFilter
+from ..domain.errors import without_values
 from .sql import schema
 from .sql.engine import InThread
 
@@ -46,8 +47,9 @@ class SqlAuditTrail:
             await anyio.sleep(self.interval_s)
             try:
                 await self.flush()
-            except Exception:
-                log.exception("writing the audit trail failed; %d event(s) stay queued", len(self._queue))
+            except Exception as exc:  # the events hold patient IDs, and a driver's message may repeat them
+                log.error("writing the audit trail failed (%s); %d event(s) stay queued", without_values(exc),
+                          len(self._queue))
 
     async def flush(self) -> None:
         async with self._lock:

@@ -53,10 +53,25 @@ class BlobStore:
         """
         shard = hashlib.sha1(study_uid.encode()).hexdigest()[:2]
         folder = self.files_dir / shard / study_uid / series_uid
-        folder.mkdir(parents=True, exist_ok=True)
+        self._make_folder(folder)
         target = folder / f"{sop_uid}.{secrets.token_hex(4)}.dcm"
         os.rename(spooled, target)
         return target
+
+    def _make_folder(self, folder: Path) -> None:
+        """Create ``folder`` and its missing parents, each made durable in its own parent (fsync'd after
+        the mkdir): ``sync_folders`` makes only the renames in the last folder durable. Once per
+        series, so the cost is not paid per instance."""
+        if folder.is_dir():
+            return
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for created in reversed(missing):
+            created.mkdir(exist_ok=True)
+            if self.fsync:
+                fsync_path(created.parent)
 
     def sync_folders(self, folders: Iterable[Path]) -> None:
         """fsync each folder once, so that the renames into it survive a crash."""
@@ -92,7 +107,7 @@ class BlobStore:
 
         removed = 0
         horizon = time.time() - older_than_s
-        for leftover in self.spool_dir.glob("in-*.part"):
+        for leftover in self.spool_dir.glob("in-*.*"):  # .part, and .preamble (ingest's rewrite)
             try:
                 if leftover.stat().st_mtime < horizon:
                     leftover.unlink()

@@ -28,7 +28,7 @@ import orjson
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.engine import Connection
 
-from ..domain.errors import NotFound
+from ..domain.errors import Conflict, NotFound
 from ..domain.model import InstanceRecord, InstanceRef, Level, Scope, StoredInstance
 from ..domain.query import Query
 from ..services.ports import SearchPage
@@ -134,11 +134,21 @@ class LocalArchive:
             for p in placed:
                 record, ref = p.record, p.record.ref
                 columns = sql_search.index_values(record.study, record.series, record.instance)
-                old = conn.execute(writes.OLD_INSTANCE, {"sop_uid": ref.sop_uid}).first()
+                # The study row first: on PostgreSQL its upsert locks it, so that a store into the same
+                # study (the same instance sent again meanwhile, included) waits and is then read here.
                 conn.execute(writes.UPSERT_STUDY, {
                     **columns[Level.STUDY], "study_uid": ref.study_uid,
                     "attributes": _dump(record.study), "updated_at": now,
                 })
+                owner = conn.execute(writes.SERIES_STUDY, {"series_uid": ref.series_uid}).scalar()
+                if owner is not None and owner != ref.study_uid:
+                    raise Conflict(f"SeriesInstanceUID {ref.series_uid} already belongs to another study "
+                                   f"here ({owner}); a series cannot be in two studies")
+                old = conn.execute(writes.OLD_INSTANCE, {"sop_uid": ref.sop_uid}).first()
+                if old is not None and old.study_uid != ref.study_uid:
+                    # The instance leaves another study: lock that one too before emptying or recounting
+                    # it, so that a store into it meanwhile is either seen or waits for this one.
+                    conn.execute(writes.LOCK_STUDY, {"study_uid": old.study_uid})
                 conn.execute(writes.UPSERT_SERIES, {
                     **columns[Level.SERIES], "series_uid": ref.series_uid, "study_uid": ref.study_uid,
                     "attributes": _dump(record.series),

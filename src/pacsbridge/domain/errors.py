@@ -6,6 +6,9 @@ of patient attributes.
 
 from __future__ import annotations
 
+import os
+import traceback
+
 
 class PacsbridgeError(Exception):
     """Base of every error the core raises on purpose."""
@@ -68,3 +71,19 @@ class BusinessRule(PacsbridgeError):
 class PreconditionFailed(PacsbridgeError):
     """A condition the caller set does not hold (If-Match with another version, a conditional create
     matching several resources); HTTP 412."""
+
+
+def without_values(exc: BaseException) -> str:
+    """An unexpected exception as the log may keep it: its class (and its driver error's class and
+    SQLSTATE) and where it was raised, never its message. Database drivers put the offending row in
+    theirs (PostgreSQL's DETAIL holds patient names and IDs), which the log must not receive."""
+    names = [type(exc).__name__]
+    original = getattr(exc, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's exception
+    if isinstance(original, BaseException):
+        names.append(type(original).__name__)
+        state = getattr(original, "sqlstate", None)
+        if isinstance(state, str):
+            names.append(f"SQLSTATE {state}")
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = " < ".join(f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}" for f in reversed(frames))
+    return " / ".join(names) + (f" at {where}" if where else "")

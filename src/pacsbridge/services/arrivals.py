@@ -31,7 +31,7 @@ import anyio
 
 from ..domain.access import SYSTEM
 from ..domain.clock import utc_stamp
-from ..domain.errors import Conflict, PacsbridgeError
+from ..domain.errors import Conflict, PacsbridgeError, without_values
 from ..domain.links import ACTING, LinkStatus
 from ..domain.model import DicomJson, Level, Scope, first_text
 from ..domain.orders import ImagingRequest, RequestStatus, StepStatus, move_step
@@ -72,8 +72,8 @@ class StudyArrivals:
                 await self.handle_stable()
                 if self.pending is not None:
                     await self.pending()
-            except Exception:
-                log.exception("study arrival: a round failed; trying again in %.1f s", poll)
+            except Exception as exc:
+                log.error("study arrival: a round failed (%s); trying again in %.1f s", without_values(exc), poll)
             await anyio.sleep(poll)
 
     async def handle_stable(self, now: datetime | None = None) -> int:

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import anyio.to_thread
 
-from ..domain.errors import UpstreamFailed, UpstreamUnavailable
+from ..domain.errors import Conflict, UpstreamFailed, UpstreamUnavailable, without_values
 from ..domain.model import InstanceRecord, Origin
 from ..domain.store import FailureReason, StoreResult
 from ..formats.part10 import PREAMBLE, Rejected, lacks_preamble, read_record
@@ -41,11 +41,21 @@ class IngestOptions:
 
 @dataclass(frozen=True)
 class Received:
-    """A spooled file and what ``receive`` made of it: its record, or the failure to report."""
+    """A spooled file and what ``receive`` made of it: its record, or the failure to report.
+    ``staged`` is None for a part that could not even be written (nothing of it is on disk)."""
 
-    staged: Path
+    staged: Path | None
     record: InstanceRecord | None = None
     failure: StoreResult | None = None
+
+
+def write_failure(exc: OSError) -> StoreResult:
+    """The result for an instance we could not write or read back: out of resources when the disk or
+    quota is full (the sender may retry later), else a processing failure. Never the input's fault."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    log.error("spooling an instance failed: %s", exc.strerror or type(exc).__name__)
+    return StoreResult("", "", failure=FailureReason.OUT_OF_RESOURCES if full else FailureReason.PROCESSING_FAILURE,
+                       reason="the archive could not write the instance")
 
 
 class IngestService:
@@ -74,6 +84,8 @@ class IngestService:
             return Received(staged, record=self._describe(staged, content))
         except Rejected as exc:
             failure = StoreResult(exc.sop_class_uid, exc.sop_uid, failure=exc.reason, reason=exc.message)
+        except OSError as exc:  # our own file work (the preamble rewrite, reading back): not the input's fault
+            failure = write_failure(exc)
         except Exception as exc:  # a header pydicom reads but cannot make sense of
             failure = StoreResult("", "", failure=FailureReason.CANNOT_UNDERSTAND,
                                   reason=f"unreadable DICOM: {type(exc).__name__}")
@@ -97,7 +109,7 @@ class IngestService:
             else:
                 accepted.append((i, item, item.record))
         if accepted:
-            outcomes = await self.archive.store_many([(item.staged, record) for _i, item, record in accepted])
+            outcomes = await self.archive.store_many([(_path(item), record) for _i, item, record in accepted])
             for (i, item, record), outcome in zip(accepted, outcomes, strict=True):
                 results[i] = _result(item, record, outcome, origin)
         audit.touched_all((record.patient_id, record.ref.study_uid) for _i, _item, record in accepted)
@@ -124,14 +136,19 @@ class IngestService:
             return read_record(source, self.options.bulk_threshold)
 
     def _add_preamble(self, staged: Path, fp: BinaryIO) -> None:
-        """Rewrite a spool file with the PS3.10 preamble in front (a sealed temp file, then rename)."""
+        """Rewrite a spool file with the PS3.10 preamble in front (a sealed temp file, then rename; the
+        temp file is removed if that fails)."""
         fixed = staged.with_suffix(".preamble")
         fp.seek(0)
-        with open(fixed, "wb") as out:
-            out.write(PREAMBLE)
-            shutil.copyfileobj(fp, out, 1 << 20)
-            self.spool.seal(out)
-        os.replace(fixed, staged)
+        try:
+            with open(fixed, "wb") as out:
+                out.write(PREAMBLE)
+                shutil.copyfileobj(fp, out, 1 << 20)
+                self.spool.seal(out)
+            os.replace(fixed, staged)
+        except BaseException:
+            fixed.unlink(missing_ok=True)
+            raise
 
 
 def _result(item: Received, record: InstanceRecord, outcome: bool | Exception, origin: Origin) -> StoreResult:
@@ -141,6 +158,9 @@ def _result(item: Received, record: InstanceRecord, outcome: bool | Exception, o
         log.debug("stored %s via %s%s", sop, origin.door, " (replaced)" if outcome else "")
         return StoreResult(record.sop_class_uid, sop, ref=record.ref, replaced=outcome)
     _discard(item.staged)
+    if isinstance(outcome, Conflict):  # at odds with what is stored (a series of another study)
+        log.warning("storing %s from %s: %s", sop, origin.door, outcome.message)
+        return StoreResult(record.sop_class_uid, sop, failure=FailureReason.PROCESSING_FAILURE, reason=outcome.message)
     if isinstance(outcome, UpstreamFailed):  # the upstream archive answered, and refused it
         log.warning("storing %s from %s: %s", sop, origin.door, outcome.message)
         return StoreResult(record.sop_class_uid, sop, failure=FailureReason.PROCESSING_FAILURE, reason=outcome.message)
@@ -153,9 +173,14 @@ def _result(item: Received, record: InstanceRecord, outcome: bool | Exception, o
         log.error("storing %s from %s failed: %s", sop, origin.door, outcome)
         return StoreResult(record.sop_class_uid, sop, failure=failure,
                            reason="the archive could not write the instance")
-    log.error("storing %s from %s failed", sop, origin.door, exc_info=outcome)
+    log.error("storing %s from %s failed: %s", sop, origin.door, without_values(outcome))
     return StoreResult(record.sop_class_uid, sop, failure=FailureReason.PROCESSING_FAILURE,
                        reason="the archive failed")
+
+
+def _path(item: Received) -> Path:
+    assert item.staged is not None, "a received record always has its file"
+    return item.staged
 
 
 def _read_head(path: Path) -> bytes:
@@ -163,7 +188,9 @@ def _read_head(path: Path) -> bytes:
         return fp.read(132)
 
 
-def _discard(path: Path) -> None:
+def _discard(path: Path | None) -> None:
+    if path is None:
+        return
     try:
         path.unlink()
     except FileNotFoundError:

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..domain.clock import utc_stamp
-from ..domain.errors import Conflict
+from ..domain.errors import Conflict, without_values
 from ..domain.links import ACTING, LinkStatus
 from ..domain.model import DicomJson
 from ..domain.orders import ImagingRequest, RequestStatus
@@ -92,8 +92,9 @@ class StudyMatcher:
                     await self.request_arrived(request, document)
                 except Conflict:  # a study or the order changed meanwhile: the next round sees it fresh
                     continue
-                except Exception:  # left pending for the next round; the other requests go on
-                    log.exception("matching: ServiceRequest/%s against waiting studies failed", request_id)
+                except Exception as exc:  # left pending for the next round; the other requests go on
+                    log.error("matching: ServiceRequest/%s against waiting studies failed: %s", request_id,
+                              without_values(exc))
                     continue
             await self.records.commit(OrderChange(matched=(request_id, since)))
             done += 1

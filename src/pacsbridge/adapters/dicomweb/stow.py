@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ from ...domain.errors import InvalidInput, PacsbridgeError, TooLarge
 from ...domain.model import Origin
 from ...domain.store import FailureReason, StoreResult
 from ...formats.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_content_type
-from ...services.ingest import Received
+from ...services.ingest import Received, write_failure
 from ..auth.middleware import principal_of
 from .context import DicomwebContext
 from .errors import error_response
@@ -84,7 +85,9 @@ def response_dataset(results: list[StoreResult], base: str, other_failures: list
 
 class _PartSink:
     """Writes the current part to a spool file: chunks are collected and written in 1 MiB batches by a
-    worker thread, and the last write, the seal and ``IngestService.receive`` share one thread hop."""
+    worker thread, and the last write, the seal and ``IngestService.receive`` share one thread hop.
+    A part that cannot be written (disk full, I/O error) is dropped at once and reported when it ends;
+    the rest of the body is still read and stored."""
 
     def __init__(self, ctx: DicomwebContext) -> None:
         self.ingest = ctx.ingest
@@ -93,16 +96,24 @@ class _PartSink:
         self.chunks: list[bytes] = []
         self.buffered = 0
         self.acceptable = True
+        self.failed: OSError | None = None
 
     def open(self, acceptable: bool) -> None:
         self.acceptable = acceptable
+        self.failed = None
 
     async def write(self, data: bytes) -> None:
+        if self.failed is not None:
+            return
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered >= WRITE_BUFFER:
             chunks, self.chunks, self.buffered = self.chunks, [], 0
-            await anyio.to_thread.run_sync(self._write, chunks)
+            try:
+                await anyio.to_thread.run_sync(self._write, chunks)
+            except OSError as exc:
+                self.failed = exc
+                self.abandon()
 
     def _write(self, chunks: list[bytes]) -> None:
         if self.fp is None:
@@ -114,30 +125,38 @@ class _PartSink:
         file and receives it. The sink is ready for the next part at once."""
         chunks, self.chunks, self.buffered = self.chunks, [], 0
         ingest = self.ingest
-        opened = (self.path, self.fp)
-        self.path, self.fp = None, None
+        opened, failed = (self.path, self.fp), self.failed
+        self.path, self.fp, self.failed = None, None, None
 
         def complete() -> Received:
+            if failed is not None:
+                return Received(None, failure=write_failure(failed))
             path, fp = opened
             content = None
-            if fp is None:  # the whole part is in memory: one write, and the header parsed from memory
-                path, fp = ingest.new_spool_file()
-                content = b"".join(chunks)
-            assert path is not None
             try:
-                if content is None:
-                    fp.writelines(chunks)
-                else:
-                    fp.write(content)
-            finally:
-                ingest.seal(fp)
+                if fp is None:  # the whole part is in memory: one write, and the header parsed from memory
+                    path, fp = ingest.new_spool_file()
+                    content = b"".join(chunks)
+                try:
+                    if content is None:
+                        fp.writelines(chunks)
+                    else:
+                        fp.write(content)
+                finally:
+                    ingest.seal(fp)
+            except OSError as exc:
+                if path is not None:
+                    path.unlink(missing_ok=True)
+                return Received(None, failure=write_failure(exc))
+            assert path is not None
             return ingest.receive(path, content)
 
         return complete
 
     def abandon(self) -> None:
         if self.fp is not None:
-            self.fp.close()
+            with contextlib.suppress(OSError):  # closing flushes: it fails again on a full disk
+                self.fp.close()
         if self.path is not None:
             self.path.unlink(missing_ok=True)
         self.path, self.fp = None, None
@@ -204,7 +223,7 @@ class _Pipeline:
     def discard_unstored(self) -> None:
         """Remove the spool files of received parts that will not be stored (the request was cancelled)."""
         for i, r in enumerate(self.received):
-            if r is not None and self.results[i] is None:
+            if r is not None and r.staged is not None and self.results[i] is None:
                 r.staged.unlink(missing_ok=True)
 
     def done(self) -> list[StoreResult]:
@@ -300,8 +319,12 @@ async def _store_single(ctx: DicomwebContext, request: Request, expected_study: 
     """A bare application/dicom body: one instance (a vendor extension some clients use)."""
     origin = _origin(request)
     sink = _PartSink(ctx)
+    limit, size = ctx.config.stow_max_bytes, 0
     try:
         async for chunk in request.stream():
+            size += len(chunk)
+            if limit and size > limit:
+                raise TooLarge(f"the STOW-RS body exceeds the configured {limit} bytes")
             await sink.write(chunk)
     except BaseException:
         sink.abandon()

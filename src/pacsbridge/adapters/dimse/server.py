@@ -50,7 +50,7 @@ from ...dimse_tuning import no_delay, quiet_identifiers
 from ...domain.access import Principal
 from ...domain.audit import AccessNote, AuditEvent
 from ...domain.clock import utc_stamp
-from ...domain.errors import InvalidInput, NotFound, PacsbridgeError
+from ...domain.errors import InvalidInput, NotFound, PacsbridgeError, without_values
 from ...domain.model import Level, Origin, Scope, StoredInstance
 from ...domain.query import Match, MatchKind, Query
 from ...domain.scopes import DICOMWEB_READ, DICOMWEB_SEARCH, DICOMWEB_WRITE
@@ -215,8 +215,8 @@ class DimseDoor:
 
         try:
             result, note = self._call(store)
-        except Exception:  # the archive failed: the SCU may retry
-            log.exception("C-STORE could not be stored")
+        except Exception as exc:  # the archive failed: the SCU may retry
+            log.error("C-STORE could not be stored: %s", without_values(exc))
             self._record(event, principal, "create", "C-STORE", sop_class, OUT_OF_RESOURCES)
             return status_dataset(OUT_OF_RESOURCES, "the archive could not store the instance")
         status = int(result.failure) if result.failure else int(result.warning) if result.warning else SUCCESS
@@ -233,8 +233,8 @@ class DimseDoor:
         origin = Origin("c-move-result", str(event.assoc.requestor.address), f"upstream:{upstream}")
         try:
             result = self._call(lambda: ingest.store_file(staged, origin))
-        except Exception:
-            log.exception("upstream %s: a C-MOVE result could not be cached", upstream)
+        except Exception as exc:
+            log.error("upstream %s: a C-MOVE result could not be cached: %s", upstream, without_values(exc))
             return status_dataset(OUT_OF_RESOURCES, "the cache could not store the instance")
         if result.failure:
             return status_dataset(int(result.failure), result.reason)

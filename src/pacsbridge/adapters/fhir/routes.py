@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 
-from ...domain.errors import NotFound, PacsbridgeError
+from ...domain.errors import NotFound, PacsbridgeError, without_values
 from ...domain.scopes import (
     ANY_CALLER,
     DICOMWEB_READ,
@@ -97,8 +97,8 @@ def _answering(handler: Handler, where: str) -> Handler:
             return await handler(request)
         except PacsbridgeError as exc:
             return error_response(exc)
-        except Exception:
-            log.exception("FHIR %s %s failed", request.method, where)
+        except Exception as exc:
+            log.error("FHIR %s %s failed: %s", request.method, where, without_values(exc))
             return unexpected_response()
 
     return endpoint

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from ...domain.errors import without_values
 from ..http_client import AuthorizedClient
 from .delivery import client_for, deliver
 from .jobs import Job, JobQueue, Subscriber
@@ -73,8 +74,9 @@ class OutboxWorker:
             self._wakeups[subscriber.name] = anyio.Event()  # a wake() from here on is for the next claim
             try:
                 busy = await self._once(subscriber)
-            except Exception:
-                log.exception("the outbox loop of subscriber %s failed; it goes on", subscriber.name)
+            except Exception as exc:
+                log.error("the outbox loop of subscriber %s failed (%s); it goes on", subscriber.name,
+                          without_values(exc))
                 busy = False
             if not busy:
                 with anyio.move_on_after(self.policy.poll_s):
@@ -88,7 +90,7 @@ class OutboxWorker:
         try:
             outcome = await deliver(self.clients[subscriber.name], subscriber, job)
         except Exception as exc:  # a fault of ours: retried, so a fix in the next release delivers it
-            log.exception("delivering job %d to subscriber %s failed", job.id, subscriber.name)
+            log.error("delivering job %d to subscriber %s failed: %s", job.id, subscriber.name, without_values(exc))
             await self._retry(job, f"internal error ({type(exc).__name__})", None)
             return True
         if outcome.state == "done":

@@ -17,22 +17,30 @@ T = TypeVar("T")
 
 
 def make_engine(url: str) -> Engine:
-    """An engine with the per-dialect settings the index relies on."""
+    """An engine with the per-dialect settings the index relies on.
+
+    ``hide_parameters``: a failed statement's exception text would otherwise carry its bound values
+    (patient names and IDs) into the log. ``synchronous=FULL``: in WAL mode, NORMAL leaves a commit
+    unsynced until the next checkpoint, so an instance already answered as stored could be lost from
+    the index by a power cut; FULL syncs the WAL at each commit (one sync per index transaction, a
+    whole STOW batch).
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             # DICOM single-value matching is case-sensitive (PS3.4 C.2.2.2.1); PN uses folded columns.
             cursor.execute("PRAGMA case_sensitive_like=ON")
             cursor.close()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True)
 
 
 class SqliteWriter:

@@ -7,7 +7,7 @@ SQLite (3.24+) and PostgreSQL.
 
 from __future__ import annotations
 
-from sqlalchemy import Table, TextClause, text
+from sqlalchemy import Table, TextClause, bindparam, select, text
 
 from . import schema
 
@@ -28,7 +28,13 @@ INSTANCE_COLUMNS = [c.name for c in schema.instances.columns]
 UPSERT_STUDY = _upsert(schema.studies, "study_uid", STUDY_COLUMNS)
 UPSERT_SERIES = _upsert(schema.series, "series_uid", SERIES_COLUMNS)
 UPSERT_INSTANCE = _upsert(schema.instances, "sop_uid", INSTANCE_COLUMNS)
-OLD_INSTANCE = text("SELECT path, series_uid FROM instances WHERE sop_uid = :sop_uid")
+OLD_INSTANCE = text("SELECT path, series_uid, study_uid FROM instances WHERE sop_uid = :sop_uid")
+SERIES_STUDY = text("SELECT study_uid FROM series WHERE series_uid = :series_uid")
+
+# Locks a study row until the transaction ends on PostgreSQL; SQLite (one writer at a time) has no
+# FOR UPDATE and SQLAlchemy leaves it out there.
+LOCK_STUDY = (select(schema.studies.c.study_uid)
+              .where(schema.studies.c.study_uid == bindparam("study_uid")).with_for_update())
 
 COUNT_SERIES = text("UPDATE series SET num_instances = (SELECT count(*) FROM instances "
                     "WHERE instances.series_uid = :series_uid) WHERE series_uid = :series_uid")
