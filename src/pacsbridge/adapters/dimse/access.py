@@ -87,6 +87,9 @@ def _same_host(configured: str, address: str) -> bool:
         except OSError:
             return False
     try:
-        return ipaddress.ip_address(address) in wanted
+        caller = ipaddress.ip_address(address)
     except ValueError:
         return False
+    # A dual-stack listener ("::") sees IPv4 callers as ::ffff:a.b.c.d.
+    mapped = caller.ipv4_mapped if isinstance(caller, ipaddress.IPv6Address) else None
+    return caller in wanted or (mapped is not None and mapped in wanted)

@@ -57,7 +57,7 @@ from ...domain.scopes import DICOMWEB_READ, DICOMWEB_SEARCH, DICOMWEB_WRITE
 from ...domain.store import FailureReason, StoreResult
 from ...formats.dimse_query import find_query, find_response, patients, retrieve_scopes
 from ...services import audit
-from ...services.ingest import IngestService
+from ...services.ingest import IngestService, write_failure
 from ...services.ports import AuditTrail
 from ...services.retrieve import RetrieveService
 from ...services.search import PATIENT_ID, SearchService
@@ -119,6 +119,7 @@ class DimseDoor:
         self.deliveries = deliveries or {}
         self.trail = trail
         self.portal: BlockingPortal | None = None
+        self.ae: AE | None = None
         self.server: ThreadedAssociationServer | None = None
 
     @property
@@ -130,7 +131,7 @@ class DimseDoor:
     def start(self, portal: BlockingPortal) -> None:
         self.portal = portal
         quiet_identifiers()
-        ae = AE(ae_title=self.config.ae_title)
+        ae = self.ae = AE(ae_title=self.config.ae_title)
         ae.maximum_associations = self.config.max_associations
         ae.acse_timeout = self.config.acse_timeout_s
         ae.dimse_timeout = self.config.dimse_timeout_s
@@ -157,9 +158,14 @@ class DimseDoor:
         log.info("DIMSE SCP %s listening on %s:%d", self.config.ae_title, self.config.host, self.port)
 
     def stop(self) -> None:
+        """Close the listener and abort every open association (the server's own shutdown only closes
+        the listener; the AE's also ends the associations)."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+        if self.ae is not None:
+            self.ae.shutdown()
+            self.ae = None
 
     # --- handlers (called in pynetdicom's association threads) ------------------------------------
 
@@ -206,8 +212,13 @@ class DimseDoor:
             self._record(event, principal, "create", "C-STORE", sop_class, NOT_AUTHORIZED)
             return status_dataset(NOT_AUTHORIZED, "this AE may not store here")
         ingest = self._route(event)[1].ingest
-        staged = _spool(event, ingest)
         origin = Origin("c-store", str(requestor.address), principal.subject)
+        try:
+            staged = _spool(event, ingest)
+        except OSError as exc:  # disk full or an I/O error: nothing is kept, the SCU may retry
+            failed = write_failure(exc)
+            self._record(event, principal, "create", "C-STORE", sop_class, int(failed.failure or OUT_OF_RESOURCES))
+            return status_dataset(int(failed.failure or OUT_OF_RESOURCES), failed.reason)
 
         async def store() -> tuple[StoreResult, AccessNote]:
             with audit.noting() as note:
@@ -217,6 +228,7 @@ class DimseDoor:
             result, note = self._call(store)
         except Exception as exc:  # the archive failed: the SCU may retry
             log.error("C-STORE could not be stored: %s", without_values(exc))
+            staged.unlink(missing_ok=True)
             self._record(event, principal, "create", "C-STORE", sop_class, OUT_OF_RESOURCES)
             return status_dataset(OUT_OF_RESOURCES, "the archive could not store the instance")
         status = int(result.failure) if result.failure else int(result.warning) if result.warning else SUCCESS
@@ -229,12 +241,17 @@ class DimseDoor:
     def _deliver(self, event: Any, upstream: str) -> Dataset | int:
         """A supplier's C-STORE (the result of our C-MOVE): into that upstream's cache, as fetched data."""
         ingest = self.deliveries[upstream]
-        staged = _spool(event, ingest)
         origin = Origin("c-move-result", str(event.assoc.requestor.address), f"upstream:{upstream}")
+        try:
+            staged = _spool(event, ingest)
+        except OSError as exc:
+            failed = write_failure(exc)
+            return status_dataset(int(failed.failure or OUT_OF_RESOURCES), failed.reason)
         try:
             result = self._call(lambda: ingest.store_file(staged, origin))
         except Exception as exc:
             log.error("upstream %s: a C-MOVE result could not be cached: %s", upstream, without_values(exc))
+            staged.unlink(missing_ok=True)
             return status_dataset(OUT_OF_RESOURCES, "the cache could not store the instance")
         if result.failure:
             return status_dataset(int(result.failure), result.reason)
@@ -263,8 +280,18 @@ class DimseDoor:
 
         async def run() -> tuple[list[dict[str, Any]], AccessNote]:
             with audit.noting() as note:
-                page = await route.search.search(replace(query, limit=cap + 1), principal)
-                return page.results, note
+                if level != "PATIENT":
+                    page = await route.search.search(replace(query, limit=cap + 1), principal)
+                    return page.results, note
+                # The archive answers studies, grouped into patients below, and the cap counts patients:
+                # read pages of studies until they run out (every patient's count is then whole) or
+                # until there are more patients than the cap (the answer is A700 anyway).
+                studies: list[dict[str, Any]] = []
+                while True:
+                    page = await route.search.search(replace(query, limit=cap + 1, offset=len(studies)), principal)
+                    studies += page.results
+                    if len(page.results) <= cap or len(patients(studies)) > cap:
+                        return studies, note
 
         try:
             results, note = self._call(run)
@@ -330,19 +357,25 @@ class DimseDoor:
             return
         instances, note = found
         yield len(instances)
-        for stored in instances:
-            if event.is_cancelled:
-                self._record(event, principal, "read", command, model, CANCEL, note)
-                yield CANCEL, None
-                return
-            try:
-                ds = dcmread(stored.path)
-            except Exception:  # a stored file that no longer reads: count it as a failed sub-operation
-                log.warning("%s: a stored instance cannot be read", command)
-                yield status_dataset(UNABLE_TO_PROCESS, "a stored instance cannot be read"), None
-                continue
-            yield PENDING, ds
-        self._record(event, principal, "read", command, model, SUCCESS, note)
+        # The audit event is written however the retrieve ends: pynetdicom stops asking this generator
+        # after a final status or when the association goes, and closes it (GeneratorExit) later.
+        outcome = UNABLE_TO_PROCESS  # the status recorded if it ends before a final answer (an abort)
+        try:
+            for stored in instances:
+                if event.is_cancelled:
+                    outcome = CANCEL
+                    yield CANCEL, None
+                    return
+                try:
+                    ds = dcmread(stored.path)
+                except Exception:  # pynetdicom takes a failure yielded here as the final answer
+                    log.warning("%s: a stored instance cannot be read", command)
+                    yield status_dataset(UNABLE_TO_PROCESS, "a stored instance cannot be read"), None
+                    return
+                yield PENDING, ds
+            outcome = SUCCESS
+        finally:
+            self._record(event, principal, "read", command, model, outcome, note)
 
     def _locate(self, event: Any, principal: Principal | None) -> Found | Refusal:
         """The instances a retrieve asks for and the caller may have, or why it is refused."""
@@ -353,16 +386,21 @@ class DimseDoor:
         except (InvalidInput, ValueError) as exc:
             return Refusal(IDENTIFIER_DOES_NOT_MATCH,
                            exc.message if isinstance(exc, InvalidInput) else "unreadable identifier")
+        if patient is not None and ("*" in patient or "?" in patient or "\\" in patient):
+            # A unique key holds one value (PS3.4 C.4.2.2.1): no pattern that an upstream would expand.
+            return Refusal(IDENTIFIER_DOES_NOT_MATCH, "PatientID of a PATIENT-level retrieve must be one value")
 
         route = self._route(event)[1]
 
         async def locate() -> Found:
             with audit.noting() as note:
                 targets = scopes
-                if patient is not None:  # the unique key's value, never a pattern
+                if patient is not None:
                     query = Query(Level.STUDY, (Match(PATIENT_ID, "LO", MatchKind.SINGLE, value=patient),))
                     page = await route.search.search(query, principal)
-                    targets = [Scope(str(r["0020000D"]["Value"][0])) for r in page.results if "0020000D" in r]
+                    # An upstream matches by its own rules (Orthanc folds case): keep exactly this patient.
+                    targets = [Scope(str(r["0020000D"]["Value"][0])) for r in page.results
+                               if "0020000D" in r and _value(r, PATIENT_ID) == patient]
                 found: list[StoredInstance] = []
                 for scope in targets:
                     try:
@@ -385,6 +423,11 @@ class Found(NamedTuple):
 class Refusal(NamedTuple):
     status: int
     comment: str
+
+
+def _value(result: dict[str, Any], tag: str) -> str | None:
+    values = result.get(tag, {}).get("Value") or [None]
+    return None if values[0] is None else str(values[0])
 
 
 def _contexts_for(instances: list[StoredInstance]) -> list[PresentationContext]:
@@ -415,11 +458,15 @@ def one_listener(lock_path: Path) -> Iterator[bool]:
 
 
 def _spool(event: Any, ingest: IngestService) -> Path:
-    """A C-STORE's dataset, with its File Meta, as a sealed spool file."""
+    """A C-STORE's dataset, with its File Meta, as a sealed spool file (none is left if that fails)."""
     data = event.encoded_dataset(include_meta=True)
     staged, fp = ingest.new_spool_file()
-    with fp:
-        fp.write(data)
-        ingest.seal(fp)
+    try:
+        with fp:
+            fp.write(data)
+            ingest.seal(fp)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
     return staged
 
