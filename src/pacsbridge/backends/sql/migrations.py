@@ -306,8 +306,34 @@ def _pending_matches_v9(conn: Connection) -> None:
     v9.create_all(conn, tables=[v9.tables["pending_matches"]])
 
 
+# The columns v10 makes unbounded, as they stood at v9 (a released step does not read schema.py).
+_LONG_VALUES_V10 = {
+    "studies": ("patient_id", "issuer_of_patient_id", "patient_name", "patient_name_tokens", "patient_birth_date",
+                "patient_sex", "study_date", "study_time", "accession_number", "referring_physician_name",
+                "referring_physician_name_tokens", "study_id", "study_description"),
+    "series": ("modality", "series_description", "series_date", "body_part_examined", "pps_start_date",
+               "pps_start_time"),
+    "imaging_requests": ("patient_id",),
+    "procedure_steps": ("station_ae", "modality", "start_date", "start_time"),
+}
+
+
+def _long_values_v10(conn: Connection) -> None:
+    """Columns holding attribute values become unbounded text: real files exceed the VR lengths (an
+    accession number over 16 characters, a DA holding a date-time), and PostgreSQL refused to store them
+    where SQLite, which ignores declared lengths, kept them. Nothing to do on SQLite.
+
+    On PostgreSQL, VARCHAR(n) to TEXT is binary-coercible: no table rewrite, and the indexes on these
+    columns (text_ops either way) are kept as they are."""
+    if conn.dialect.name == "sqlite":
+        return
+    for table, columns in _LONG_VALUES_V10.items():
+        changes = ", ".join(f"ALTER COLUMN {column} TYPE TEXT" for column in columns)
+        conn.execute(text(f"ALTER TABLE {table} {changes}"))
+
+
 MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4, _web_login_v5, _orders_v6,
-                              _matching_v7, _study_keys_v8, _pending_matches_v9)
+                              _matching_v7, _study_keys_v8, _pending_matches_v9, _long_values_v10)
 
 
 def current_version(conn: Connection) -> int:

@@ -4,6 +4,11 @@ matches on; JSON text holds what it returns; counts and modalities are kept by `
 Matching columns are stored in comparable form (``domain.query.normalize_for``): dates as YYYYMMDD,
 times padded to HHMMSS.FFFFFF, person names folded to upper case without accents, plus a token column
 (``^A^B^``) for fuzzy name matching. The attributes of each level are kept as DICOM JSON text.
+
+Columns holding attribute values (and what is derived from them) are unbounded ``Text`` (v10): real
+files exceed the VR lengths (accession numbers over 16 characters, a DA holding a date-time), and
+PostgreSQL, unlike SQLite, enforces a declared length, so a bounded column failed the store. UIDs keep
+``String(64)`` (ingest refuses longer ones), as do the columns whose values pacsbridge makes itself.
 """
 
 from __future__ import annotations
@@ -20,19 +25,19 @@ schema_version = Table(
 studies = Table(
     "studies", metadata,
     Column("study_uid", String(64), primary_key=True),
-    Column("patient_id", String(64)),
-    Column("issuer_of_patient_id", String(64)),
-    Column("patient_name", String(400)),
-    Column("patient_name_tokens", String(420)),
-    Column("patient_birth_date", String(8)),
-    Column("patient_sex", String(16)),
-    Column("study_date", String(8)),
-    Column("study_time", String(13)),
-    Column("accession_number", String(16)),
-    Column("referring_physician_name", String(400)),
-    Column("referring_physician_name_tokens", String(420)),
-    Column("study_id", String(16)),
-    Column("study_description", String(64)),
+    Column("patient_id", Text),
+    Column("issuer_of_patient_id", Text),
+    Column("patient_name", Text),
+    Column("patient_name_tokens", Text),
+    Column("patient_birth_date", Text),
+    Column("patient_sex", Text),
+    Column("study_date", Text),
+    Column("study_time", Text),
+    Column("accession_number", Text),
+    Column("referring_physician_name", Text),
+    Column("referring_physician_name_tokens", Text),
+    Column("study_id", Text),
+    Column("study_description", Text),
     Column("attributes", Text, nullable=False),
     Column("updated_at", String(32), nullable=False),
     Column("num_series", Integer, nullable=False, server_default="0"),
@@ -49,13 +54,13 @@ series = Table(
     "series", metadata,
     Column("series_uid", String(64), primary_key=True),
     Column("study_uid", String(64), ForeignKey("studies.study_uid", ondelete="CASCADE"), nullable=False),
-    Column("modality", String(16)),
+    Column("modality", Text),
     Column("series_number", Integer),
-    Column("series_description", String(64)),
-    Column("series_date", String(8)),
-    Column("body_part_examined", String(16)),
-    Column("pps_start_date", String(8)),
-    Column("pps_start_time", String(13)),
+    Column("series_description", Text),
+    Column("series_date", Text),
+    Column("body_part_examined", Text),
+    Column("pps_start_date", Text),
+    Column("pps_start_time", Text),
     Column("attributes", Text, nullable=False),
     Column("num_instances", Integer, nullable=False, server_default="0"),
 )
@@ -200,10 +205,10 @@ imaging_requests = Table(
     "imaging_requests", metadata,
     Column("request_id", String(64), primary_key=True),  # the ServiceRequest's id
     Column("status", String(32), nullable=False),
-    Column("accession_number", String(16), nullable=False, unique=True),
-    Column("requested_procedure_id", String(16), nullable=False),
+    Column("accession_number", String(16), nullable=False, unique=True),  # services/orders.py: 1 to 16
+    Column("requested_procedure_id", String(16), nullable=False),  # the accession's first 16 characters
     Column("study_uid", String(64), nullable=False),
-    Column("patient_id", String(64), nullable=False),
+    Column("patient_id", Text, nullable=False),  # the EMR's Patient identifier (v10)
     Column("attributes", Text, nullable=False),  # DICOM JSON above the SPS sequence
     Column("updated_at", String(32), nullable=False),
 )
@@ -217,10 +222,10 @@ procedure_steps = Table(
            nullable=False),
     Column("position", Integer, nullable=False),
     Column("status", String(16), nullable=False),
-    Column("station_ae", String(16)),
-    Column("modality", String(16)),
-    Column("start_date", String(8)),
-    Column("start_time", String(16)),
+    Column("station_ae", Text),  # these four: what the mapping wrote into the item (v10)
+    Column("modality", Text),
+    Column("start_date", Text),
+    Column("start_time", Text),
     Column("item", Text, nullable=False),  # the SPS item, DICOM JSON
 )
 Index("ix_steps_request", procedure_steps.c.request_id)
