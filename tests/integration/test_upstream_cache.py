@@ -1,6 +1,6 @@
 """The proxy archive's cache over a real Orthanc (DICOMweb): one fetch for many concurrent readers, the
-freshness check by instance count, the size bound with least-recently-used eviction, and a cached copy
-served while the upstream is stalled.
+freshness check by instance count, the size bound with least-recently-used eviction (never of a study
+being fetched), and a cached copy served while the upstream is stalled.
 
 The remote is the real DICOMweb remote; ``Counting`` only counts the calls that cross the network.
 """
@@ -20,7 +20,8 @@ from pydicom.uid import generate_uid
 
 from pacsbridge.backends.upstream.cache import CachePolicy, InstanceCache
 from pacsbridge.backends.upstream.dicomweb import DicomwebRemote, DicomwebUpstream
-from pacsbridge.backends.upstream.proxy import ProxyArchive
+from pacsbridge.backends.upstream.proxy import KEEP_BATCH, ProxyArchive
+from pacsbridge.domain.errors import NotFound, UpstreamUnavailable
 from pacsbridge.domain.model import DicomJson, InstanceRecord, Scope
 from pacsbridge.domain.query import Query
 from pacsbridge.services.ports import Spool
@@ -144,4 +145,88 @@ async def test_a_cached_study_is_served_while_the_upstream_stalls(pacs: OrthancS
     finally:
         os.kill(pacs.pid, signal.SIGCONT)
     assert len(remote.fetches) == 1
+    await archive.close()
+
+
+class Paused(Counting):
+    """The real remote, pausing the fetch of one study once ``after`` instances were sent, until ``resume``
+    is set (``reached`` says it paused); with ``fail`` it raises there instead."""
+
+    def __init__(self, remote: DicomwebRemote, study: str, after: int, fail: bool = False) -> None:
+        super().__init__(remote)
+        self.study, self.after, self.fail = study, after, fail
+        self.reached, self.resume = anyio.Event(), anyio.Event()
+
+    async def fetch(self, scope: Scope, spool: Spool) -> AsyncIterator[Path]:
+        sent = 0
+        async for path in super().fetch(scope, spool):
+            if scope.study_uid == self.study and sent == self.after:
+                self.reached.set()
+                if self.fail:
+                    path.unlink()
+                    raise UpstreamUnavailable("cached: the connection was lost")
+                await self.resume.wait()
+            sent += 1
+            yield path
+
+
+def paused_over(pacs: OrthancServer, tmp_path: Path, study: str, fail: bool = False,
+                **policy: Any) -> tuple[ProxyArchive, Paused]:
+    archive, counting = proxy_over(pacs, tmp_path, **policy)
+    remote = Paused(counting.remote, study, KEEP_BATCH, fail)  # paused with one batch indexed
+    archive.remote = remote
+    return archive, remote
+
+
+async def test_a_study_being_filled_is_not_evicted_by_another_fill(pacs: OrthancServer, tmp_path: Path) -> None:
+    big, _ = add_study(pacs, KEEP_BATCH + 8)
+    small, _ = add_study(pacs, 2)
+    archive, remote = paused_over(pacs, tmp_path, big, max_bytes=1, keep_s=0.0)  # always over the bound
+    found: list[int] = []
+
+    async def read_big() -> None:
+        found.append(len(await archive.locate(Scope(big))))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_big)
+        with anyio.fail_after(30):
+            await remote.reached.wait()
+            # This fill ends with a trim while the big study is half indexed and not yet marked fetched.
+            assert len(await archive.locate(Scope(small))) == 2
+        remote.resume.set()
+    assert found == [KEEP_BATCH + 8]
+    assert await archive.cache.fetched_at(Scope(big)) is not None
+    assert len(await archive.cache.local.locate(Scope(big))) == KEEP_BATCH + 8
+    # The trim that ended the big fill brought the cache back under its bound as far as it could.
+    assert await archive.cache.fetched_at(Scope(small)) is None
+    assert remote.fetches == [Scope(big), Scope(small)]
+    await archive.close()
+
+
+async def test_a_fill_that_lost_instances_to_an_eviction_is_not_marked_fetched(
+        pacs: OrthancServer, tmp_path: Path) -> None:
+    study, _ = add_study(pacs, KEEP_BATCH + 4)
+    archive, remote = paused_over(pacs, tmp_path, study)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(archive.locate, Scope(study))
+        with anyio.fail_after(30):
+            await remote.reached.wait()
+        await archive.cache.evict(study)  # what another process's trim, or a delete, would do
+        remote.resume.set()
+    assert await archive.cache.fetched_at(Scope(study)) is None  # the copy is incomplete: not served as whole
+    assert len(await archive.locate(Scope(study))) == KEEP_BATCH + 4  # fetched again
+    assert len(remote.fetches) == 2
+    await archive.close()
+
+
+async def test_a_failed_fill_leaves_its_study_evictable(pacs: OrthancServer, tmp_path: Path) -> None:
+    big, _ = add_study(pacs, KEEP_BATCH + 4)
+    small, _ = add_study(pacs, 1)
+    archive, _remote = paused_over(pacs, tmp_path, big, fail=True, max_bytes=1, keep_s=0.0)
+    with pytest.raises(UpstreamUnavailable):
+        await archive.locate(Scope(big))
+    assert len(await archive.cache.local.locate(Scope(big))) == KEEP_BATCH  # one batch indexed, not marked
+    assert len(await archive.locate(Scope(small))) == 1
+    with pytest.raises(NotFound):
+        await archive.cache.local.locate(Scope(big))  # the half study went first
     await archive.close()

@@ -9,13 +9,19 @@ Rules:
    a scope counts as fetched when it or one of its parents was. Use is noted at most once a minute per
    study, so reads do not turn into writes.
 3. ``trim`` removes least recently used studies until the cache is under its bound, never one used in the
-   last ``keep_s`` seconds (a reader may still be opening its files) nor the ones it is told to keep.
+   last ``keep_s`` seconds (a reader may still be opening its files), nor the ones it is told to keep, nor
+   one being filled in this process (``filling``): its files are indexed before it is marked fetched, so
+   it would look unused. The bound can thus be exceeded while fills are in flight, by at most what they
+   fetch; the trim that ends each fill brings the cache back under it.
+4. A fill that lost instances to an eviction (or a delete) while it ran is not marked fetched: the copy
+   is incomplete, and the next request fetches the scope again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +60,14 @@ def covering_keys(scope: Scope) -> list[str]:
     return keys
 
 
+@dataclass
+class Fill:
+    """One fetch of a study in flight; ``whole`` turns False when some of the study is evicted meanwhile."""
+
+    study_uid: str
+    whole: bool = True
+
+
 @dataclass(frozen=True)
 class CachePolicy:
     max_bytes: int
@@ -70,12 +84,30 @@ class InstanceCache:
         self.clock = clock
         self._db = InThread(local.engine)
         self._touched: dict[str, float] = {}
+        self._fills: dict[str, list[Fill]] = {}
 
     @classmethod
     def open(cls, root: Path, policy: CachePolicy) -> InstanceCache:
         local = LocalArchive.open(f"sqlite:///{(root / 'index.sqlite').resolve()}", root)
         _meta.create_all(local.engine, checkfirst=True)
         return cls(local, policy)
+
+    @contextlib.contextmanager
+    def filling(self, study_uid: str) -> Iterator[Fill]:
+        """Register a fill of the study for its duration, failed or not (rules 3 and 4)."""
+        fill = Fill(study_uid)
+        self._fills.setdefault(study_uid, []).append(fill)
+        try:
+            yield fill
+        finally:
+            fills = self._fills[study_uid]
+            fills.remove(fill)
+            if not fills:
+                del self._fills[study_uid]
+
+    def _spoil(self, study_uid: str) -> None:
+        for fill in self._fills.get(study_uid, ()):
+            fill.whole = False
 
     async def fetched_at(self, scope: Scope) -> float | None:
         """When the scope (or a parent) was last fetched whole; None if never (or since evicted)."""
@@ -131,6 +163,8 @@ class InstanceCache:
         for study_uid, size in await self._db.read(candidates):
             if total <= self.policy.max_bytes:
                 break
+            if study_uid in self._fills:
+                continue  # being filled (rule 3): checked now, as a fill may have begun since the read
             await self.evict(study_uid)
             total -= size
             evicted.append(study_uid)
@@ -140,6 +174,7 @@ class InstanceCache:
         removed = await self.local.delete(Scope(study_uid))
         await self._db.write(lambda conn: conn.execute(delete(fetches).where(fetches.c.study_uid == study_uid)))
         self._touched.pop(study_uid, None)
+        self._spoil(study_uid)  # after the delete: a fill that began during it lost instances too
         return removed
 
     async def forget(self, scope: Scope) -> None:
@@ -147,6 +182,7 @@ class InstanceCache:
         key = scope_key(scope)
         under = delete(fetches).where((fetches.c.scope_key == key) | fetches.c.scope_key.startswith(key + "/"))
         await self._db.write(lambda conn: conn.execute(under))
+        self._spoil(scope.study_uid)
 
     async def close(self) -> None:
         await self.local.close()

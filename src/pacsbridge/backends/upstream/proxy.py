@@ -6,12 +6,15 @@ See: services/ports.py (the contract), remote.py (the upstream side), cache.py (
 Rules:
 1. Searches always ask the upstream (a QIDO or C-FIND answer is cheap and must be current); what it cannot
    match itself (``split_for_remote``) is matched here. Its RetrieveURL and RetrieveAETitle are dropped:
-   results are ours to address.
+   results are ours to address. A patient context (a list of PatientIDs) is never left to the upstream:
+   a result whose PatientID is not exactly one of them is dropped (Orthanc's QIDO folds case, so
+   ``PAT-1`` finds ``pat-1``), and such a search is paged here, as one with keys matched here.
 2. ``locate`` (and so metadata, frames, rendered images, C-GET, C-MOVE) serves a scope from the cache.
    A scope fetched less than ``fresh_s`` ago is served as it is; an older one is checked with one count
    query and fetched again only when its number of instances changed; a scope never fetched is fetched
    whole. A study's fetches are serialised in this process, so the many requests a viewer makes for one
    study cross the network once. When the upstream fails while checking, the cached copy is served.
+   A study being fetched or checked is registered with the cache (``filling``), so no trim evicts it.
 3. Metadata comes from the cached instances themselves, never from search keys alone.
 4. ``store_many`` forwards; each instance the upstream took is kept in the cache as well (a viewer is
    likely to look at it next).
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 FILTER_CAP = 10_000  # results asked of the upstream when keys are matched here
 KEEP_BATCH = 32  # fetched files indexed in one cache transaction
 NOT_OURS = ("00081190", "00080054")  # RetrieveURL, RetrieveAETitle
+PATIENT_ID = "00100020"
 
 
 class ProxyArchive:
@@ -61,15 +65,16 @@ class ProxyArchive:
         caps = self.remote.capabilities
         remote_query, local = split_for_remote(query, uid_lists_anywhere=caps.uid_lists_anywhere,
                                                fuzzy=caps.fuzzy_matching)
-        if not local:
+        bound = _patient_context(query)
+        if not local and not bound:
             wanted = remote_query.limit
             asked = remote_query if wanted is None else replace(remote_query, limit=wanted + 1)
             results = [_ours(r) for r in await self.remote.search(asked)]
             if wanted is not None and len(results) > wanted:
                 return SearchPage(results[:wanted], 1)  # at least one more: the 299 warning says so
             return SearchPage(results)
-        found = await self.remote.search(replace(remote_query, limit=FILTER_CAP))
-        kept = [_ours(r) for r in found if matches_all(local, r, query.fuzzy)]
+        found = await self.remote.search(_unpaged(remote_query, bound))
+        kept = [_ours(r) for r in found if _in_context(r, bound) and matches_all(local, r, query.fuzzy)]
         end = None if query.limit is None else query.offset + query.limit
         page = kept[query.offset:end]
         return SearchPage(page, max(0, len(kept) - (end if end is not None else len(kept))))
@@ -104,16 +109,24 @@ class ProxyArchive:
         if fetched_at is not None:
             if self.cache.clock() - fetched_at < self.cache.policy.fresh_s:
                 return
+            if await self._still_current(scope):
+                return
+            await self.cache.forget(scope)
+        await self._fill(scope)
+
+    async def _still_current(self, scope: Scope) -> bool:
+        """May a stale cached copy be served? Marked fetched again when unchanged; registered as a fill, so
+        the study is not evicted between the count and the mark."""
+        with self.cache.filling(scope.study_uid) as check:
             try:
                 unchanged = await self._unchanged(scope)
             except UpstreamUnavailable as exc:
                 log.warning("upstream %s: serving a cached copy unchecked (%s)", self.name, exc.message)
-                return
-            if unchanged:
+                return True
+            if unchanged and check.whole:
                 await self.cache.mark_fetched(scope)
-                return
-            await self.cache.forget(scope)
-        await self._fill(scope)
+                return True
+            return False
 
     async def _unchanged(self, scope: Scope) -> bool:
         if scope.sop_uid is not None:
@@ -136,6 +149,19 @@ class ProxyArchive:
         return int(values[0]) == cached
 
     async def _fill(self, scope: Scope) -> None:
+        """Fetch the scope whole; the study cannot be evicted meanwhile, so trimming waits for the end."""
+        with self.cache.filling(scope.study_uid) as fill:
+            await self._fetch(scope)
+            if fill.whole:
+                await self.cache.mark_fetched(scope)
+            else:
+                log.warning("upstream %s: study %s lost instances while being fetched, not marked fetched",
+                            self.name, scope.study_uid)
+        evicted = await self.cache.trim(keep=[scope.study_uid])
+        if evicted:
+            log.info("upstream %s: cache full, %d least recently used studies evicted", self.name, len(evicted))
+
+    async def _fetch(self, scope: Scope) -> None:
         batch: list[Path] = []
         try:
             async for staged in self.remote.fetch(scope, self.cache.local.blobs):
@@ -149,10 +175,6 @@ class ProxyArchive:
         finally:
             for staged in batch:
                 _discard(staged)
-        await self.cache.mark_fetched(scope)
-        evicted = await self.cache.trim(keep=[scope.study_uid])
-        if evicted:
-            log.info("upstream %s: cache full, %d least recently used studies evicted", self.name, len(evicted))
 
     async def _keep(self, staged: list[Path]) -> None:
         """Index fetched files in the cache; one that does not read as DICOM is dropped and logged."""
@@ -214,6 +236,27 @@ class ProxyArchive:
 
 def _uid_match(tag: str, uid: str) -> Match:
     return Match(tag, "UI", MatchKind.UID_LIST, values=(uid,))
+
+
+def _patient_context(query: Query) -> list[frozenset[str]]:
+    """The PatientID lists the query is bound to: the principal's patient context (services/search.py)
+    and any other list of PatientIDs, all exact matches that an upstream may fold (Orthanc does)."""
+    return [frozenset(m.values) for m in query.matches if m.tag == PATIENT_ID and m.kind is MatchKind.UID_LIST]
+
+
+def _in_context(result: DicomJson, bound: list[frozenset[str]]) -> bool:
+    """Does the result's PatientID equal, exactly, one in each list? One without a PatientID does not."""
+    if not bound:
+        return True
+    values = (result.get(PATIENT_ID) or {}).get("Value") or []
+    return len(values) == 1 and isinstance(values[0], str) and all(values[0] in ids for ids in bound)
+
+
+def _unpaged(query: Query, bound: list[frozenset[str]]) -> Query:
+    """The upstream query when results are checked here: paged here, so with the PatientID returned."""
+    fields = query.includefields if not bound or PATIENT_ID in query.includefields else (
+        *query.includefields, PATIENT_ID)
+    return replace(query, includefields=fields, limit=FILTER_CAP, offset=0)
 
 
 def _ours(result: DicomJson) -> DicomJson:
