@@ -8,6 +8,7 @@ unbounded text (migration v10).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -19,7 +20,7 @@ from sqlalchemy import Engine
 
 from pacsbridge.backends.local import LocalArchive
 from pacsbridge.backends.orders import SqlOrderRecords
-from pacsbridge.domain.model import DicomJson, Level, Origin
+from pacsbridge.domain.model import DicomJson, Level, Origin, Scope
 from pacsbridge.domain.orders import ImagingRequest, RequestStatus, ScheduledStep, StepStatus
 from pacsbridge.domain.query import Match, MatchKind, Query
 from pacsbridge.domain.store import StoreResult
@@ -119,3 +120,29 @@ def test_a_request_and_its_step_keep_values_over_their_vr_lengths(records: SqlOr
     assert [(r.patient_id, s.station_ae, s.modality, s.start_date, s.start_time) for r, s in found] == [
         (patient, sps.station_ae, sps.modality, sps.start_date, sps.start_time)]
     assert [r.request_id for r in anyio.run(partial(records.requests_for, accession_numbers=["A1"]))] == ["sr1"]
+
+
+def test_integer_strings_past_32_bits_are_stored(archive: LocalArchive, tmp_path: Path) -> None:
+    """SeriesNumber 99999999999 or InstanceNumber 3000000000 (IS allows 32-bit values) overflowed
+    PostgreSQL's integer column (0x0110); the value is kept in the stored attributes, not matched."""
+    ds = instance(SeriesNumber="99999999999", InstanceNumber="3000000000")
+    result = ingest(archive, ds, tmp_path / "in")
+    assert result.ok, result.reason
+    (found,) = search(archive, Level.INSTANCE, Match("00080018", "UI", MatchKind.UID_LIST, values=(ds.SOPInstanceUID,)))
+    assert found["00200013"]["Value"] == [3000000000]
+
+
+def test_an_instance_file_over_2_gib_is_indexed(archive: LocalArchive, tmp_path: Path) -> None:
+    """A multi-frame object can pass 2 GiB; the instance's size overflowed PostgreSQL's 32-bit column.
+    The file is a real header made sparse to 3 GiB (no 3 GiB written)."""
+    from ..support.dicom import record_of
+
+    ds = instance()
+    path = write(ds, tmp_path / "in")
+    record = record_of(path)
+    big = 3 * 1024**3
+    os.truncate(path, big)
+    (outcome,) = anyio.run(archive.store_many, [(path, record)])
+    assert outcome is False, outcome
+    (stored,) = anyio.run(archive.locate, Scope(ds.StudyInstanceUID))
+    assert stored.size == big

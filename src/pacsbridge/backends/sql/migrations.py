@@ -332,8 +332,17 @@ def _long_values_v10(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE {table} {changes}"))
 
 
+def _big_files_v11(conn: Connection) -> None:
+    """An instance's size in bytes becomes a 64-bit integer: a multi-frame object (whole-slide image,
+    long cine) can pass 2 GiB, which PostgreSQL's 32-bit integer refused. SQLite's integers are 64-bit
+    already. On PostgreSQL this rewrites the instances table once."""
+    if conn.dialect.name == "sqlite":
+        return
+    conn.execute(text("ALTER TABLE instances ALTER COLUMN size TYPE BIGINT"))
+
+
 MIGRATIONS: Sequence[Step] = (_create_v1, _counts_v2, _pixel_layout_v3, _security_v4, _web_login_v5, _orders_v6,
-                              _matching_v7, _study_keys_v8, _pending_matches_v9, _long_values_v10)
+                              _matching_v7, _study_keys_v8, _pending_matches_v9, _long_values_v10, _big_files_v11)
 
 
 def current_version(conn: Connection) -> int:

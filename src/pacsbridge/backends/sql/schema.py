@@ -13,7 +13,7 @@ PostgreSQL, unlike SQLite, enforces a declared length, so a bounded column faile
 
 from __future__ import annotations
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -77,7 +77,7 @@ instances = Table(
     Column("transfer_syntax", String(64), nullable=False),
     Column("number_of_frames", Integer, nullable=False),
     Column("path", String(1024), nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),  # bytes: a multi-frame object may pass 2 GiB
     Column("attributes", Text, nullable=False),
     Column("metadata", Text, nullable=False),
     Column("stored_at", String(32), nullable=False),

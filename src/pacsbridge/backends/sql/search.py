@@ -287,9 +287,12 @@ def _first_string(element: dict[str, Any] | None) -> str | None:
 def _column_value(vr: str, text: str) -> Any:
     if vr == "IS":
         try:
-            return int(float(text))
-        except ValueError:
+            number = int(float(text))
+        except (ValueError, OverflowError):
             return None
+        # IS holds a 32-bit signed integer (PS3.5 Table 6.2-1); a value beyond it is not matchable and
+        # would not fit the column on PostgreSQL: the attribute stays in the stored JSON all the same.
+        return number if -(2**31) <= number < 2**31 else None
     if vr in ("DA", "TM", "DT", "PN"):
         try:
             return normalize_for(vr, text)
