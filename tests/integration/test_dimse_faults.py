@@ -155,3 +155,48 @@ def test_an_ipv4_caller_of_a_dual_stack_listener_is_the_peer_it_claims() -> None
     assert access.principal("RW", "::ffff:192.0.2.10") is not None
     assert access.principal("RW", "192.0.2.10") is not None
     assert access.principal("RW", "::ffff:192.0.2.11") is None
+
+
+def test_c_move_sends_compressed_instances_to_a_destination_that_takes_them(tmp_path: Path) -> None:
+    """The stored syntax and the uncompressed fallbacks shared one presentation context; Orthanc accepts
+    one syntax per context and picked an uncompressed one, so an RLE instance could not be sent (A702,
+    zero completed) although Orthanc stores RLE."""
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+    from ..support.orthanc import missing, orthanc
+
+    reason = missing()
+    if reason:
+        pytest.fail(f"Orthanc is needed as the C-MOVE destination: {reason}")
+    with orthanc(aet="DEST", modalities={"pb": ("PACSBRIDGE", "127.0.0.1", 104)}, parent=tmp_path) as dest:
+        peers = [*PEERS, {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.dicom_port}]
+        settings = Settings(data_dir=tmp_path / "data", storage={"fsync": False}, dimse={"peers": peers})
+        with serve(settings) as running:
+            study, series = generate_uid(), generate_uid()
+            compressed = instance(study, series, number=1, rows=64, columns=64)
+            compressed.compress(RLELossless)
+            plain = instance(study, series, number=2, rows=64, columns=64)
+            sender = AE(ae_title="RW")
+            sender.add_requested_context(CTImageStorage, [RLELossless])
+            sender.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+            assoc = sender.associate("127.0.0.1", running.dimse_port, ae_title="PACSBRIDGE")
+            assert assoc.is_established
+            assert [assoc.send_c_store(ds).Status for ds in (compressed, plain)] == [0, 0]
+            assoc.release()
+
+            mover = AE(ae_title="RW")
+            mover.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+            assoc = mover.associate("127.0.0.1", running.dimse_port, ae_title="PACSBRIDGE")
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "STUDY"
+            identifier.StudyInstanceUID = study
+            answers = [status for status, _ in assoc.send_c_move(identifier, "DEST",
+                                                                  StudyRootQueryRetrieveInformationModelMove)]
+            assoc.release()
+        final = answers[-1]
+        assert final.Status == 0x0000, hex(final.Status)
+        assert final.NumberOfCompletedSuboperations == 2
+        syntaxes = {httpx.get(f"{dest.url}/instances/{i}/metadata/TransferSyntax").text
+                    for i in httpx.get(f"{dest.url}/instances").json()}
+        assert syntaxes == {RLELossless, ExplicitVRLittleEndian}

@@ -431,14 +431,19 @@ def _value(result: dict[str, Any], tag: str) -> str | None:
 
 
 def _contexts_for(instances: list[StoredInstance]) -> list[PresentationContext]:
-    """What a C-MOVE's association to the destination proposes: each SOP class sent, in its stored
-    transfer syntax and the two uncompressed ones (at most 128 contexts, PS3.8 §9.3.2.2)."""
-    wanted: dict[str, list[str]] = {}
+    """What a C-MOVE's association to the destination proposes, per SOP class sent: each stored
+    transfer syntax other than the two uncompressed ones in a context of its own, then one context with
+    Explicit and Implicit VR Little Endian (at most 128 contexts, PS3.8 §9.3.2.2). In one context with
+    the fallbacks, an acceptor picks a single syntax (Orthanc and pynetdicom pick an uncompressed one),
+    and the instances stored compressed could then not be sent at all."""
+    uncompressed = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    wanted: dict[tuple[str, tuple[str, ...]], None] = {}
     for stored in instances:
-        syntaxes = wanted.setdefault(stored.sop_class_uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        if stored.transfer_syntax not in syntaxes:
-            syntaxes.insert(0, stored.transfer_syntax)
-    contexts = [build_context(sop_class, syntaxes) for sop_class, syntaxes in list(wanted.items())[:128]]
+        if stored.transfer_syntax not in uncompressed:
+            wanted[(stored.sop_class_uid, (stored.transfer_syntax,))] = None
+    for stored in instances:
+        wanted[(stored.sop_class_uid, uncompressed)] = None
+    contexts = [build_context(sop_class, list(syntaxes)) for sop_class, syntaxes in list(wanted)[:128]]
     return contexts or [build_context(Verification)]
 
 
