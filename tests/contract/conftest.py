@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
+from pydicom.dataset import Dataset
 from sqlalchemy import Engine
 
+from pacsbridge.backends.local import LocalArchive
 from pacsbridge.backends.sql.engine import make_engine
 from pacsbridge.backends.sql.migrations import migrate
 from pacsbridge.backends.upstream.cache import CachePolicy, InstanceCache
@@ -17,7 +20,11 @@ from pacsbridge.backends.upstream.dicomweb import DicomwebRemote, DicomwebUpstre
 from pacsbridge.backends.upstream.dimse import DimseRemote, DimseUpstream
 from pacsbridge.backends.upstream.proxy import ProxyArchive
 from pacsbridge.backends.upstream.remote import Remote
+from pacsbridge.domain.model import Origin
+from pacsbridge.domain.store import StoreResult
+from pacsbridge.services.ingest import IngestService
 
+from ..support.dicom import write
 from ..support.orthanc import OrthancServer, missing, orthanc
 
 
@@ -26,6 +33,24 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'index.sqlite'}"
     return str(request.getfixturevalue("postgres").new_database())
+
+
+@pytest.fixture
+def embedded(db_url: str, tmp_path: Path) -> Iterator[LocalArchive]:
+    """The embedded archive on either database, used synchronously (``ingest``)."""
+    archive = LocalArchive.open(db_url, tmp_path / "data", fsync=False)
+    yield archive
+    archive.engine.dispose()
+
+
+def ingest(archive: LocalArchive, ds: Dataset, folder: Path) -> StoreResult:
+    """Store one dataset as a door does: written as Part 10 to the spool, received, stored."""
+    service = IngestService(archive, archive.blobs)
+    staged, fp = service.new_spool_file()
+    with fp, open(write(ds, folder), "rb") as source:
+        fp.write(source.read())
+    received = service.receive(staged)
+    return anyio.run(service.store_received, [received], Origin("stow-rs"))[0]
 
 
 @pytest.fixture

@@ -10,60 +10,41 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 from sqlalchemy import text
 
 from pacsbridge.backends import blobs as blobs_module
 from pacsbridge.backends.local import LocalArchive
 from pacsbridge.backends.sql import counts
-from pacsbridge.domain.model import Origin
-from pacsbridge.domain.store import FailureReason, StoreResult
-from pacsbridge.services.ingest import IngestService
+from pacsbridge.domain.store import FailureReason
 
-from ..support.dicom import instance, write
-
-
-@pytest.fixture
-def archive(db_url: str, tmp_path: Path) -> Iterator[LocalArchive]:
-    archive = LocalArchive.open(db_url, tmp_path / "data", fsync=False)
-    yield archive
-    archive.engine.dispose()
+from ..support.dicom import instance
+from .conftest import ingest
 
 
-def ingest(archive: LocalArchive, ds: object, folder: Path) -> StoreResult:
-    service = IngestService(archive, archive.blobs)
-    staged, fp = service.new_spool_file()
-    with fp, open(write(ds, folder), "rb") as source:  # type: ignore[arg-type]
-        fp.write(source.read())
-    received = service.receive(staged)
-    return anyio.run(service.store_received, [received], Origin("stow-rs"))[0]
-
-
-def rows(archive: LocalArchive, sql: str) -> list[tuple]:
-    with archive.engine.connect() as conn:
+def rows(embedded: LocalArchive, sql: str) -> list[tuple]:
+    with embedded.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(text(sql)).all()]
 
 
-def stored_files(archive: LocalArchive) -> list[Path]:
-    return sorted(p for p in archive.blobs.files_dir.rglob("*") if p.is_file())
+def stored_files(embedded: LocalArchive) -> list[Path]:
+    return sorted(p for p in embedded.blobs.files_dir.rglob("*") if p.is_file())
 
 
-def test_an_index_failure_logs_no_patient_data(archive: LocalArchive, tmp_path: Path,
+def test_an_index_failure_logs_no_patient_data(embedded: LocalArchive, tmp_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
     """A failed statement's exception text carried its bound values (patient ID and name) into the
     error log."""
-    if archive.engine.dialect.name == "sqlite":
+    if embedded.engine.dialect.name == "sqlite":
         ddl = "CREATE TRIGGER full BEFORE INSERT ON studies BEGIN SELECT RAISE(ABORT, 'disk is full'); END"
     else:
         ddl = "ALTER TABLE studies ADD CONSTRAINT refuse CHECK (study_uid = '')"
-    with archive.engine.begin() as conn:
+    with embedded.engine.begin() as conn:
         conn.execute(text(ddl))
     caplog.set_level(logging.DEBUG)
-    result = ingest(archive, instance(PatientID="MRN-SECRET-42", PatientName="Secret^Patient"), tmp_path / "in")
+    result = ingest(embedded, instance(PatientID="MRN-SECRET-42", PatientName="Secret^Patient"), tmp_path / "in")
     assert result.failure == FailureReason.PROCESSING_FAILURE
     logged = caplog.text + "".join(str(r.exc_info[1]) for r in caplog.records if r.exc_info)
     assert "storing" in logged  # the failure itself is logged
@@ -73,12 +54,12 @@ def test_an_index_failure_logs_no_patient_data(archive: LocalArchive, tmp_path: 
 def test_sqlite_commits_are_synced(tmp_path: Path) -> None:
     """WAL with synchronous=NORMAL leaves a commit unsynced until a checkpoint: an instance answered as
     stored could vanish from the index after a power cut."""
-    archive = LocalArchive.open(f"sqlite:///{tmp_path / 'index.sqlite'}", tmp_path / "data", fsync=False)
+    embedded = LocalArchive.open(f"sqlite:///{tmp_path / 'index.sqlite'}", tmp_path / "data", fsync=False)
     try:
-        assert rows(archive, "PRAGMA journal_mode") == [("wal",)]
-        assert rows(archive, "PRAGMA synchronous") == [(2,)]  # FULL
+        assert rows(embedded, "PRAGMA journal_mode") == [("wal",)]
+        assert rows(embedded, "PRAGMA synchronous") == [(2,)]  # FULL
     finally:
-        archive.engine.dispose()
+        embedded.engine.dispose()
 
 
 def test_new_folders_are_made_durable_in_their_parents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,34 +68,34 @@ def test_new_folders_are_made_durable_in_their_parents(tmp_path: Path, monkeypat
     synced: list[Path] = []
     real = blobs_module.fsync_path
     monkeypatch.setattr(blobs_module, "fsync_path", lambda path: (synced.append(Path(path)), real(path)))
-    archive = LocalArchive.open(f"sqlite:///{tmp_path / 'index.sqlite'}", tmp_path / "data", fsync=True)
+    embedded = LocalArchive.open(f"sqlite:///{tmp_path / 'index.sqlite'}", tmp_path / "data", fsync=True)
     try:
         ds = instance()
-        assert ingest(archive, ds, tmp_path / "in").ok
-        (stored,) = stored_files(archive)
+        assert ingest(embedded, ds, tmp_path / "in").ok
+        (stored,) = stored_files(embedded)
         series, study, shard = stored.parent, stored.parent.parent, stored.parent.parent.parent
-        assert {series, study, shard, archive.blobs.files_dir} <= set(synced)
+        assert {series, study, shard, embedded.blobs.files_dir} <= set(synced)
         synced.clear()
-        assert ingest(archive, instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, number=2), tmp_path / "in").ok
+        assert ingest(embedded, instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, number=2), tmp_path / "in").ok
         assert synced == [series]  # an existing folder costs no more syncs
     finally:
-        archive.engine.dispose()
+        embedded.engine.dispose()
 
 
-def test_a_series_of_another_study_is_refused_and_the_index_stays_whole(archive: LocalArchive,
+def test_a_series_of_another_study_is_refused_and_the_index_stays_whole(embedded: LocalArchive,
                                                                          tmp_path: Path) -> None:
     """The series row was silently moved to the newer study, leaving both studies' counts wrong."""
     first = instance("1.2.826.0.1.3680043.8.498.900", "1.2.826.0.1.3680043.8.498.900.1", number=1)
     clash = instance("1.2.826.0.1.3680043.8.498.901", "1.2.826.0.1.3680043.8.498.900.1", number=2)
-    assert ingest(archive, first, tmp_path / "in").ok
-    result = ingest(archive, clash, tmp_path / "in")
+    assert ingest(embedded, first, tmp_path / "in").ok
+    result = ingest(embedded, clash, tmp_path / "in")
     assert result.failure == FailureReason.PROCESSING_FAILURE
     assert result.reason and "another study" in result.reason
-    assert rows(archive, "SELECT study_uid, num_series, num_instances FROM studies") == [
+    assert rows(embedded, "SELECT study_uid, num_series, num_instances FROM studies") == [
         ("1.2.826.0.1.3680043.8.498.900", 1, 1)]
-    assert rows(archive, "SELECT series_uid, study_uid, num_instances FROM series") == [
+    assert rows(embedded, "SELECT series_uid, study_uid, num_instances FROM series") == [
         ("1.2.826.0.1.3680043.8.498.900.1", "1.2.826.0.1.3680043.8.498.900", 1)]
-    assert len(stored_files(archive)) == 1
+    assert len(stored_files(embedded)) == 1
 
 
 class _HeldOpen:

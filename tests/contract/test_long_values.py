@@ -9,7 +9,6 @@ unbounded text (migration v10).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,13 @@ from sqlalchemy import Engine
 
 from pacsbridge.backends.local import LocalArchive
 from pacsbridge.backends.orders import SqlOrderRecords
-from pacsbridge.domain.model import DicomJson, Level, Origin, Scope
+from pacsbridge.domain.model import DicomJson, Level, Scope
 from pacsbridge.domain.orders import ImagingRequest, RequestStatus, ScheduledStep, StepStatus
 from pacsbridge.domain.query import Match, MatchKind, Query
-from pacsbridge.domain.store import StoreResult
-from pacsbridge.services.ingest import IngestService
 from pacsbridge.services.ports import OrderChange, WorklistFilter
 
 from ..support.dicom import instance, write
+from .conftest import ingest
 
 # pydicom warns when a test sets a value longer than its VR allows: that is the point here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*(Invalid value for VR|exceeds the maximum):UserWarning")
@@ -37,45 +35,29 @@ DESCRIPTION = "CT THORAX ABDOMEN PELVIS WITH CONTRAST " * 5 + "PHASE"  # 200 cha
 DATE = "20240131120000"  # a DA holding a date-time: 14 characters, DA allows 8
 
 
-@pytest.fixture
-def archive(db_url: str, tmp_path: Path) -> Iterator[LocalArchive]:
-    archive = LocalArchive.open(db_url, tmp_path / "data", fsync=False)
-    yield archive
-    archive.engine.dispose()
+def search(embedded: LocalArchive, level: Level, *matches: Match) -> list[DicomJson]:
+    return anyio.run(embedded.search, Query(level, matches)).results
 
 
-def ingest(archive: LocalArchive, ds: object, folder: Path) -> StoreResult:
-    service = IngestService(archive, archive.blobs)
-    staged, fp = service.new_spool_file()
-    with fp, open(write(ds, folder), "rb") as source:  # type: ignore[arg-type]
-        fp.write(source.read())
-    received = service.receive(staged)
-    return anyio.run(service.store_received, [received], Origin("stow-rs"))[0]
-
-
-def search(archive: LocalArchive, level: Level, *matches: Match) -> list[DicomJson]:
-    return anyio.run(archive.search, Query(level, matches)).results
-
-
-def test_an_instance_with_values_over_their_vr_lengths_is_stored_and_found(archive: LocalArchive,
+def test_an_instance_with_values_over_their_vr_lengths_is_stored_and_found(embedded: LocalArchive,
                                                                            tmp_path: Path) -> None:
     assert (len(ACCESSION), len(DESCRIPTION), len(DATE)) == (40, 200, 14)
     ds = instance(AccessionNumber=ACCESSION, StudyDescription=DESCRIPTION, StudyDate=DATE)
-    result = ingest(archive, ds, tmp_path / "in")
+    result = ingest(embedded, ds, tmp_path / "in")
     assert result.ok, (hex(result.failure or 0), result.reason)
 
-    (study,) = search(archive, Level.STUDY, Match("00080050", "SH", MatchKind.SINGLE, value=ACCESSION))
+    (study,) = search(embedded, Level.STUDY, Match("00080050", "SH", MatchKind.SINGLE, value=ACCESSION))
     assert study["0020000D"]["Value"] == [ds.StudyInstanceUID]
     assert study["00080050"]["Value"] == [ACCESSION]
     assert study["00081030"]["Value"] == [DESCRIPTION]
     assert study["00080020"]["Value"] == [DATE]
     wildcard = Match("00080050", "SH", MatchKind.WILDCARD, value=ACCESSION[:30] + "*")
-    assert [s["0020000D"]["Value"][0] for s in search(archive, Level.STUDY, wildcard)] == [ds.StudyInstanceUID]
+    assert [s["0020000D"]["Value"][0] for s in search(embedded, Level.STUDY, wildcard)] == [ds.StudyInstanceUID]
     described = Match("00081030", "LO", MatchKind.SINGLE, value=DESCRIPTION)
-    assert len(search(archive, Level.STUDY, described)) == 1
+    assert len(search(embedded, Level.STUDY, described)) == 1
 
 
-def test_every_indexed_text_attribute_may_exceed_its_vr_length(archive: LocalArchive, tmp_path: Path) -> None:
+def test_every_indexed_text_attribute_may_exceed_its_vr_length(embedded: LocalArchive, tmp_path: Path) -> None:
     """The other matching columns of the study and series levels, PN and its token twin included."""
     long_name = "Van Der " + "Longfamilyname-" * 30 + "^" + "Given " * 20 + "^Middle"  # PN: 64 per group
     values: dict[str, Any] = {
@@ -86,15 +68,15 @@ def test_every_indexed_text_attribute_may_exceed_its_vr_length(archive: LocalArc
         "BodyPartExamined": "CHEST-ABDOMEN-PELVIS", "PerformedProcedureStepStartDate": "20240131235959",
     }
     ds = instance(**values)
-    result = ingest(archive, ds, tmp_path / "in")
+    result = ingest(embedded, ds, tmp_path / "in")
     assert result.ok, (hex(result.failure or 0), result.reason)
 
     by_id = Match("00100020", "LO", MatchKind.SINGLE, value=values["PatientID"])
-    assert len(search(archive, Level.STUDY, by_id)) == 1
+    assert len(search(embedded, Level.STUDY, by_id)) == 1
     by_name = Match("00100010", "PN", MatchKind.SINGLE, value=long_name)
-    assert len(search(archive, Level.STUDY, by_name)) == 1
+    assert len(search(embedded, Level.STUDY, by_name)) == 1
     by_modality = Match("00080060", "CS", MatchKind.SINGLE, value=values["Modality"])
-    (series,) = search(archive, Level.SERIES, by_modality)
+    (series,) = search(embedded, Level.SERIES, by_modality)
     assert series["0008103E"]["Value"] == [values["SeriesDescription"]]
 
 
@@ -122,17 +104,18 @@ def test_a_request_and_its_step_keep_values_over_their_vr_lengths(records: SqlOr
     assert [r.request_id for r in anyio.run(partial(records.requests_for, accession_numbers=["A1"]))] == ["sr1"]
 
 
-def test_integer_strings_past_32_bits_are_stored(archive: LocalArchive, tmp_path: Path) -> None:
+def test_integer_strings_past_32_bits_are_stored(embedded: LocalArchive, tmp_path: Path) -> None:
     """SeriesNumber 99999999999 or InstanceNumber 3000000000 (IS allows 32-bit values) overflowed
     PostgreSQL's integer column (0x0110); the value is kept in the stored attributes, not matched."""
     ds = instance(SeriesNumber="99999999999", InstanceNumber="3000000000")
-    result = ingest(archive, ds, tmp_path / "in")
+    result = ingest(embedded, ds, tmp_path / "in")
     assert result.ok, result.reason
-    (found,) = search(archive, Level.INSTANCE, Match("00080018", "UI", MatchKind.UID_LIST, values=(ds.SOPInstanceUID,)))
+    sop = Match("00080018", "UI", MatchKind.UID_LIST, values=(ds.SOPInstanceUID,))
+    (found,) = search(embedded, Level.INSTANCE, sop)
     assert found["00200013"]["Value"] == [3000000000]
 
 
-def test_an_instance_file_over_2_gib_is_indexed(archive: LocalArchive, tmp_path: Path) -> None:
+def test_an_instance_file_over_2_gib_is_indexed(embedded: LocalArchive, tmp_path: Path) -> None:
     """A multi-frame object can pass 2 GiB; the instance's size overflowed PostgreSQL's 32-bit column.
     The file is a real header made sparse to 3 GiB (no 3 GiB written)."""
     from ..support.dicom import record_of
@@ -142,7 +125,7 @@ def test_an_instance_file_over_2_gib_is_indexed(archive: LocalArchive, tmp_path:
     record = record_of(path)
     big = 3 * 1024**3
     os.truncate(path, big)
-    (outcome,) = anyio.run(archive.store_many, [(path, record)])
+    (outcome,) = anyio.run(embedded.store_many, [(path, record)])
     assert outcome is False, outcome
-    (stored,) = anyio.run(archive.locate, Scope(ds.StudyInstanceUID))
+    (stored,) = anyio.run(embedded.locate, Scope(ds.StudyInstanceUID))
     assert stored.size == big
