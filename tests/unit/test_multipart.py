@@ -443,8 +443,11 @@ def test_multipart_related_type_rejects(kwargs: dict[str, str]) -> None:
 # --- properties --------------------------------------------------------------------------------
 
 BCHARS = "0123456789abcdefABCDEF'()+_,-./:=? "
+# Boundaries of our writer's form (``new_boundary``: 32 hex digits), drawn by hypothesis rather than
+# taken from ``secrets``: a random boundary outside hypothesis's control changed the body's length
+# between a case and its replay, which hypothesis reports as FlakyStrategyDefinition (seen once in CI).
 boundaries = st.one_of(
-    st.builds(new_boundary),
+    st.text("0123456789abcdef", min_size=32, max_size=32),
     st.text(BCHARS, min_size=1, max_size=70).filter(lambda b: not b.endswith(" ")),
 )
 header_names = st.text("abcdefghijklmnopqrstuvwxyz-_.!#0123456789", min_size=1, max_size=12).filter(
