@@ -9,9 +9,10 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode, encode
 
+from pacsbridge.domain.errors import InvalidInput
 from pacsbridge.domain.model import Level
 from pacsbridge.domain.query import Match, MatchKind, Query
-from pacsbridge.formats.dimse_query import find_identifier, find_query
+from pacsbridge.formats.dimse_query import find_identifier, find_query, retrieve_scopes
 
 STUDY_UID, OTHER_UID = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
 
@@ -137,3 +138,21 @@ def test_every_kind_at_once_reads_back_as_the_same_matches() -> None:
     assert all(parsed_by_tag[t].kind is MatchKind.UNIVERSAL for t in returned)
     assert {t: m for t, m in parsed_by_tag.items() if t not in returned} == by_tag(matches)
     assert set(requested) >= returned | set(by_tag(matches))
+
+
+@pytest.mark.parametrize("patient_id", ["PAT-*", "PAT-?", "*", "PAT-A\\PAT-B", ""])
+def test_a_patient_retrieve_takes_one_patient_id_not_a_pattern_or_a_list(patient_id: str) -> None:
+    """PatientID is the unique key of a PATIENT retrieve (PS3.4 C.4.2.2.1): one value, which an upstream
+    archive must not get to expand."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "PATIENT"
+    identifier.PatientID = patient_id
+    with pytest.raises(InvalidInput, match="PATIENT retrieve needs PatientID"):
+        retrieve_scopes(on_the_wire(identifier))
+
+
+def test_a_patient_retrieve_keeps_its_one_patient_id() -> None:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "PATIENT"
+    identifier.PatientID = "PAT-A "
+    assert retrieve_scopes(on_the_wire(identifier)) == ("PATIENT", [], "PAT-A")

@@ -62,8 +62,6 @@ class BlobStore:
         """Create ``folder`` and its missing parents, each made durable in its own parent (fsync'd after
         the mkdir): ``sync_folders`` makes only the renames in the last folder durable. Once per
         series, so the cost is not paid per instance."""
-        if folder.is_dir():
-            return
         missing = []
         while not folder.is_dir():
             missing.append(folder)

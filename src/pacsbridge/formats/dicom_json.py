@@ -84,6 +84,12 @@ _LUT_DESCRIPTOR_TAGS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002
 
 # --- dataset -> JSON ---------------------------------------------------------------------------
 
+def first_value(result: DicomJson, tag: str) -> str:
+    """The first value of an element of a DICOM JSON object as text ("" when absent or empty)."""
+    values = result.get(tag, {}).get("Value") or [""]
+    return str(values[0] or "")
+
+
 def dataset_to_json(
     ds: Dataset, bulk_uri: BulkUri | None = None, bulk_threshold: int = 1024
 ) -> DicomJson:

@@ -191,9 +191,11 @@ def retrieve_scopes(identifier: Dataset) -> tuple[str, list[Scope], str | None]:
         return values
 
     if level == "PATIENT":
-        patient = str(identifier.get("PatientID", "") or "").strip()
-        if not patient:
-            raise InvalidInput("a PATIENT retrieve needs PatientID")
+        value = identifier.get("PatientID")
+        patient = "" if isinstance(value, MultiValue | list) and len(value) > 1 else str(value or "").strip()
+        if not patient or "*" in patient or "?" in patient:
+            # A unique key holds one value (PS3.4 C.4.2.2.1): no list, and no pattern an upstream would expand.
+            raise InvalidInput("a PATIENT retrieve needs PatientID, one value (no wildcard or list)")
         return level, [], patient
     if level == "STUDY":
         return level, [Scope(study) for study in uids("StudyInstanceUID", True)], None

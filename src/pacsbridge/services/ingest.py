@@ -49,12 +49,14 @@ class Received:
     failure: StoreResult | None = None
 
 
-def write_failure(exc: OSError) -> StoreResult:
-    """The result for an instance we could not write or read back: out of resources when the disk or
-    quota is full (the sender may retry later), else a processing failure. Never the input's fault."""
+def write_failure(exc: OSError, sop_class_uid: str = "", sop_uid: str = "") -> StoreResult:
+    """The result for an instance we could not write or read back (spooling it, or placing it in the
+    archive): out of resources when the disk or quota is full (the sender may retry later), else a
+    processing failure. Never the input's fault."""
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    log.error("spooling an instance failed: %s", exc.strerror or type(exc).__name__)
-    return StoreResult("", "", failure=FailureReason.OUT_OF_RESOURCES if full else FailureReason.PROCESSING_FAILURE,
+    log.error("writing %s failed: %s", sop_uid or "an instance", exc.strerror or type(exc).__name__)
+    return StoreResult(sop_class_uid, sop_uid,
+                       failure=FailureReason.OUT_OF_RESOURCES if full else FailureReason.PROCESSING_FAILURE,
                        reason="the archive could not write the instance")
 
 
@@ -158,21 +160,15 @@ def _result(item: Received, record: InstanceRecord, outcome: bool | Exception, o
         log.debug("stored %s via %s%s", sop, origin.door, " (replaced)" if outcome else "")
         return StoreResult(record.sop_class_uid, sop, ref=record.ref, replaced=outcome)
     _discard(item.staged)
-    if isinstance(outcome, Conflict):  # at odds with what is stored (a series of another study)
-        log.warning("storing %s from %s: %s", sop, origin.door, outcome.message)
-        return StoreResult(record.sop_class_uid, sop, failure=FailureReason.PROCESSING_FAILURE, reason=outcome.message)
-    if isinstance(outcome, UpstreamFailed):  # the upstream archive answered, and refused it
+    # At odds with what is stored (a series of another study), or refused by the upstream archive.
+    if isinstance(outcome, Conflict | UpstreamFailed):
         log.warning("storing %s from %s: %s", sop, origin.door, outcome.message)
         return StoreResult(record.sop_class_uid, sop, failure=FailureReason.PROCESSING_FAILURE, reason=outcome.message)
     if isinstance(outcome, UpstreamUnavailable):  # away or too slow: the sender may retry
         log.warning("storing %s from %s: %s", sop, origin.door, outcome.message)
         return StoreResult(record.sop_class_uid, sop, failure=FailureReason.OUT_OF_RESOURCES, reason=outcome.message)
     if isinstance(outcome, OSError):
-        failure = (FailureReason.OUT_OF_RESOURCES if outcome.errno in (errno.ENOSPC, errno.EDQUOT)
-                   else FailureReason.PROCESSING_FAILURE)
-        log.error("storing %s from %s failed: %s", sop, origin.door, outcome)
-        return StoreResult(record.sop_class_uid, sop, failure=failure,
-                           reason="the archive could not write the instance")
+        return write_failure(outcome, record.sop_class_uid, sop)
     log.error("storing %s from %s failed: %s", sop, origin.door, without_values(outcome))
     return StoreResult(record.sop_class_uid, sop, failure=FailureReason.PROCESSING_FAILURE,
                        reason="the archive failed")

@@ -55,6 +55,7 @@ from ...domain.model import Level, Origin, Scope, StoredInstance
 from ...domain.query import Match, MatchKind, Query
 from ...domain.scopes import DICOMWEB_READ, DICOMWEB_SEARCH, DICOMWEB_WRITE
 from ...domain.store import FailureReason, StoreResult
+from ...formats.dicom_json import first_value
 from ...formats.dimse_query import find_query, find_response, patients, retrieve_scopes
 from ...services import audit
 from ...services.ingest import IngestService, write_failure
@@ -216,9 +217,9 @@ class DimseDoor:
         try:
             staged = _spool(event, ingest)
         except OSError as exc:  # disk full or an I/O error: nothing is kept, the SCU may retry
-            failed = write_failure(exc)
-            self._record(event, principal, "create", "C-STORE", sop_class, int(failed.failure or OUT_OF_RESOURCES))
-            return status_dataset(int(failed.failure or OUT_OF_RESOURCES), failed.reason)
+            status, reason = _write_status(exc)
+            self._record(event, principal, "create", "C-STORE", sop_class, status)
+            return status_dataset(status, reason)
 
         async def store() -> tuple[StoreResult, AccessNote]:
             with audit.noting() as note:
@@ -245,8 +246,7 @@ class DimseDoor:
         try:
             staged = _spool(event, ingest)
         except OSError as exc:
-            failed = write_failure(exc)
-            return status_dataset(int(failed.failure or OUT_OF_RESOURCES), failed.reason)
+            return status_dataset(*_write_status(exc))
         try:
             result = self._call(lambda: ingest.store_file(staged, origin))
         except Exception as exc:
@@ -386,9 +386,6 @@ class DimseDoor:
         except (InvalidInput, ValueError) as exc:
             return Refusal(IDENTIFIER_DOES_NOT_MATCH,
                            exc.message if isinstance(exc, InvalidInput) else "unreadable identifier")
-        if patient is not None and ("*" in patient or "?" in patient or "\\" in patient):
-            # A unique key holds one value (PS3.4 C.4.2.2.1): no pattern that an upstream would expand.
-            return Refusal(IDENTIFIER_DOES_NOT_MATCH, "PatientID of a PATIENT-level retrieve must be one value")
 
         route = self._route(event)[1]
 
@@ -400,7 +397,7 @@ class DimseDoor:
                     page = await route.search.search(query, principal)
                     # An upstream matches by its own rules (Orthanc folds case): keep exactly this patient.
                     targets = [Scope(str(r["0020000D"]["Value"][0])) for r in page.results
-                               if "0020000D" in r and _value(r, PATIENT_ID) == patient]
+                               if "0020000D" in r and first_value(r, PATIENT_ID) == patient]
                 found: list[StoredInstance] = []
                 for scope in targets:
                     try:
@@ -425,9 +422,11 @@ class Refusal(NamedTuple):
     comment: str
 
 
-def _value(result: dict[str, Any], tag: str) -> str | None:
-    values = result.get(tag, {}).get("Value") or [None]
-    return None if values[0] is None else str(values[0])
+def _write_status(exc: OSError) -> tuple[int, str | None]:
+    """A C-STORE's status and comment when its spool file could not be written (ingest's mapping)."""
+    failed = write_failure(exc)
+    assert failed.failure is not None
+    return int(failed.failure), failed.reason
 
 
 def _contexts_for(instances: list[StoredInstance]) -> list[PresentationContext]:

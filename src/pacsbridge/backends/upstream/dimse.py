@@ -67,7 +67,7 @@ from ...domain.errors import InvalidInput, NotFound, UpstreamFailed, UpstreamTim
 from ...domain.levels import REQUIRED_RETURN
 from ...domain.model import DicomJson, InstanceRecord, Level, Scope
 from ...domain.query import Match, MatchKind, Query
-from ...formats.dicom_json import dataset_to_json
+from ...formats.dicom_json import dataset_to_json, first_value
 from ...formats.dimse_query import find_identifier
 from ...services.ports import Spool
 from .kept import Held, Kept
@@ -332,14 +332,14 @@ class DimseRemote:
         def learn(held: Held) -> set[str]:
             if scope.series_uid is None:
                 series_level = find_identifier(_scope_query(Level.SERIES, scope), ("0020000E",))
-                series = [_first(r, "0020000E") for r in self._find(held, series_level)]
+                series = [first_value(r, "0020000E") for r in self._find(held, series_level)]
             else:
                 series = [scope.series_uid]
             classes: set[str] = set()
             for series_uid in filter(None, series):
                 query = _scope_query(Level.INSTANCE, Scope(scope.study_uid, series_uid, scope.sop_uid))
                 found = self._find(held, find_identifier(query, ("00080016",)))
-                classes.update(filter(None, (_first(r, "00080016") for r in found)))
+                classes.update(filter(None, (first_value(r, "00080016") for r in found)))
             return classes
 
         classes = self._finding(learn)
@@ -486,11 +486,6 @@ def _remove(paths: list[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
     paths.clear()
-
-
-def _first(result: DicomJson, tag: str) -> str:
-    values = result.get(tag, {}).get("Value") or [""]
-    return str(values[0] or "")
 
 
 def _count(response: Dataset, kind: str) -> int:
